@@ -1,0 +1,1 @@
+"""The built-in plugins: one package per feature, each importing only ``sdk``."""

@@ -1,0 +1,125 @@
+"""``aman serve``: the server in the foreground (contract D18)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+
+from sdk import ConfigError
+
+from .app import Kernel, KernelApp, create_app, create_kernel
+from .store import RuntimeLock
+
+__all__ = ["main"]
+
+log = logging.getLogger("aman")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aman", description="aman: an event-driven agent runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server in the foreground")
+    serve.add_argument("--config", type=Path, help="aman.toml to read (default: ./aman.toml if present)")
+    serve.add_argument("--bind", help="HOST:PORT to listen on (http.bind)")
+    serve.add_argument("--token", help="API token (http.token)")
+    serve.add_argument("--runtime-dir", help="runtime directory (runtime.dir)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return serve(args)
+
+
+def serve(args: argparse.Namespace) -> int:
+    overrides = {
+        key: value
+        for key, value in (("http.bind", args.bind), ("http.token", args.token), ("runtime.dir", args.runtime_dir))
+        if value is not None
+    }
+    try:
+        kernel = create_kernel(config_path=args.config, settings=overrides, load_entry_points=True)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    lock = RuntimeLock(kernel.runtime_dir)
+    if not lock.acquire():
+        print(f"runtime dir {kernel.runtime_dir} is in use by another aman process", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(create_app(kernel), kernel))
+    finally:
+        lock.release()
+
+
+async def _serve(app: KernelApp, kernel: Kernel) -> int:
+    bind = kernel.config.get("http.bind")
+    config = HypercornConfig()
+    config.bind = [bind]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5
+    stop = asyncio.Event()
+    exit_code = 0
+    signals = 0
+
+    async def shut_down() -> None:
+        await kernel.lifecycle.shutdown()
+
+    def on_signal() -> None:
+        nonlocal exit_code, signals
+        signals += 1
+        if signals == 1:
+            log.info("signal received: shutting down (again to skip the waits)")
+            asyncio.get_running_loop().create_task(shut_down())
+        else:
+            kernel.lifecycle.fast = True
+            exit_code = 1
+
+    async def watch() -> None:
+        nonlocal exit_code
+        while kernel.boot_task is None and not kernel.lifecycle.stopped.is_set():
+            await asyncio.sleep(0.01)
+        if kernel.boot_task is not None:
+            try:
+                await kernel.boot_task
+            except Exception as exc:  # noqa: BLE001 - start-up failed: exit 1
+                log.error("%s", exc)
+                exit_code = 1
+                await kernel.lifecycle.shutdown()
+        await kernel.lifecycle.stopped.wait()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    watcher = loop.create_task(watch())
+    log.info("aman %s listening on http://%s", kernel.version, bind)
+    try:
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    except OSError as exc:
+        print(f"cannot listen on {bind}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

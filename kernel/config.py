@@ -1,0 +1,477 @@
+"""``aman.toml``: load, validate, read, change live and persist (contract D2, D10; formats §1).
+
+Layers, lowest first: key defaults < the file < environment variables < command-line flags.
+Plugins declare the keys they own (``register_config``); the kernel declares its own below.
+A *restart* key keeps the value it had at start until the next start, whatever the file says
+now; a *live* key follows the file at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import os
+import tempfile
+import tomllib
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from sdk import ConfigChange, ConfigError, ConfigKey, Failure, Invalid
+
+__all__ = ["KERNEL_KEYS", "Config", "is_loopback", "parse_bind"]
+
+_K = ConfigKey
+MiB = 1024 * 1024
+
+KERNEL_KEYS: list[ConfigKey] = [
+    _K(name="http.bind", type=str, default="127.0.0.1:9090", restart=True, env="AMAN_HTTP_BIND"),
+    _K(name="http.token", type=str, default="", env="AMAN_HTTP_TOKEN"),
+    _K(name="http.max_body_bytes", type=int, default=MiB, minimum=1024, maximum=100 * MiB),
+    _K(name="http.max_sse_clients", type=int, default=256, minimum=1, maximum=10_000),
+    _K(name="runtime.dir", type=Path, default="~/.aman", restart=True, env="AMAN_RUNTIME_DIR"),
+    _K(name="runtime.autostart", type=bool, default=True, restart=True),
+    _K(name="runtime.start_timeout_sec", type=int, default=30, restart=True, minimum=1, maximum=600),
+    _K(
+        name="runtime.drain_timeout_sec",
+        type=int,
+        default=30,
+        minimum=1,
+        maximum=600,
+        env="AMAN_RUNTIME_DRAIN_TIMEOUT_SEC",
+    ),
+    _K(name="storage.synchronous", type=str, default="full", restart=True, choices=("full", "normal")),
+    _K(
+        name="event_bus.mode",
+        type=str,
+        default="persistent",
+        restart=True,
+        choices=("persistent", "in_memory"),
+        env="AMAN_EVENT_BUS_MODE",
+    ),
+    _K(
+        name="event_bus.max_queue_size",
+        type=int,
+        default=10_000,
+        minimum=16,
+        maximum=10_000_000,
+        env="AMAN_EVENT_BUS_MAX_QUEUE_SIZE",
+    ),
+    _K(name="event_bus.dedup_window_ms", type=int, default=30_000, minimum=0, maximum=86_400_000),
+    _K(name="event_bus.handler_timeout_ms", type=int, default=30_000, minimum=100, maximum=3_600_000),
+    _K(name="event_bus.retry_max_attempts", type=int, default=5, minimum=1, maximum=20),
+    _K(
+        name="event_bus.retry_backoff_ms",
+        type=list[int],
+        default=[100, 500, 2000],
+        minimum=0,
+        maximum=600_000,
+        length=(1, 20),
+    ),
+    _K(name="event_bus.retry_queue_max", type=int, default=1000, minimum=1, maximum=1_000_000),
+    _K(name="event_bus.overflow_max_events", type=int, default=100_000, minimum=0, maximum=10_000_000),
+    _K(name="event_bus.dead_letter_expired", type=bool, default=False),
+    _K(
+        name="event_bus.event_store_max_events",
+        type=int,
+        default=10_000,
+        minimum=100,
+        maximum=10_000_000,
+    ),
+    _K(
+        name="debug.force_enable_debug_endpoints",
+        type=bool,
+        default=False,
+        env="AMAN_DEBUG_FORCE_ENABLE_DEBUG_ENDPOINTS",
+    ),
+    _K(name="plugins.dir", type=Path, default="plugins", restart=True),
+    _K(name="plugins.max_archive_bytes", type=int, default=16 * MiB, minimum=1024, maximum=1024 * MiB),
+    _K(name="plugins.max_members", type=int, default=2000, minimum=1, maximum=100_000),
+    _K(name="plugins.max_unpacked_bytes", type=int, default=64 * MiB, minimum=1024, maximum=2**40),
+    _K(name="plugins.max_member_bytes", type=int, default=16 * MiB, minimum=1024, maximum=2**40),
+    _K(name="plugins.load_timeout_sec", type=int, default=30, minimum=1, maximum=600),
+    _K(name="plugins.unload_timeout_sec", type=int, default=30, minimum=1, maximum=600),
+    _K(name="plugins.route_timeout_sec", type=int, default=30, minimum=1, maximum=3600),
+    _K(name="plugins.health_interval_sec", type=int, default=30, minimum=5, maximum=3600),
+    _K(name="plugins.quarantine_after_failures", type=int, default=3, minimum=1, maximum=100),
+    _K(name="audit.max_records", type=int, default=100_000, minimum=1000, maximum=100_000_000),
+    _K(name="plugin.*", type=dict, default={}, doc="Free-form table of plugin <name>."),
+]
+
+# Keys read relative to the config file's directory (D18); other paths are relative to runtime.dir.
+_CONFIG_RELATIVE = ("runtime.dir", "skills.dir", "soul.path")
+_ENV_ALIASES = {"AMAN_API_TOKEN": "http.token"}
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``127.0.0.1:9090`` or ``[::1]:9090`` → (host, port); ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError("must be HOST:PORT")
+        host = host[1:-1]
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_secret(key: str) -> bool:
+    return key == "http.token" or "api_key" in key or "token" in key.rsplit(".", 1)[-1]
+
+
+def _matches(pattern: str, key: str) -> bool:
+    p, k = pattern.split("."), key.split(".")
+    return len(p) == len(k) and all(a in ("*", b) for a, b in zip(p, k, strict=True))
+
+
+def _dig(tree: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _put(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(last, None)
+        _prune_empty(tree, parents)
+    else:
+        node[last] = value
+
+
+def _prune_empty(tree: dict[str, Any], parents: list[str]) -> None:
+    for depth in range(len(parents), 0, -1):
+        found, node = _dig(tree, ".".join(parents[:depth]))
+        if found and node == {}:
+            parent = _dig(tree, ".".join(parents[: depth - 1]))[1] if depth > 1 else tree
+            del parent[parents[depth - 1]]
+
+
+def check_value(key: ConfigKey, value: Any) -> str | None:
+    """Why ``value`` does not fit ``key``, or None."""
+    kind = key.type
+    if kind is bool:
+        return None if isinstance(value, bool) else "must be a boolean"
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            return "must be an integer" if kind is int else "must be a number"
+        return _range(key, value)
+    if kind in (str, Path):
+        if not isinstance(value, str):
+            return "must be a string"
+        if key.choices and value not in key.choices:
+            return f"must be one of: {', '.join(key.choices)}"
+        if key.name == "http.bind":
+            try:
+                parse_bind(value)
+            except ValueError as exc:
+                return str(exc)
+        return None
+    if kind is dict:
+        return None if isinstance(value, dict) else "must be a table"
+    if kind in (list[int], list[str]):
+        item = int if kind == list[int] else str
+        if not isinstance(value, list) or any(
+            isinstance(v, bool) or not isinstance(v, item) for v in value
+        ):
+            return f"must be an array of {'integers' if item is int else 'strings'}"
+        if key.length and not key.length[0] <= len(value) <= key.length[1]:
+            return f"must have {key.length[0]} to {key.length[1]} elements"
+        return next((r for r in (_range(key, v) for v in value) if r), None)
+    return None
+
+
+def _range(key: ConfigKey, value: float) -> str | None:
+    low = key.minimum if key.minimum is not None else float("-inf")
+    high = key.maximum if key.maximum is not None else float("inf")
+    if low <= value <= high:
+        return None
+    return f"must be between {key.minimum} and {key.maximum}"
+
+
+def _parse_env(key: ConfigKey, raw: str) -> Any:
+    if key.type is bool:
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise ValueError("must be true or false")
+    if key.type is int:
+        return int(raw.strip())
+    if key.type is float:
+        return float(raw.strip())
+    return raw
+
+
+# The rules that span keys (formats §1.3). Each returns a reason or None; ``get`` reads the
+# candidate configuration.
+CrossRule = Callable[[Callable[[str], Any]], str | None]
+
+
+def _bind_needs_token(get: Callable[[str], Any]) -> str | None:
+    host, _ = parse_bind(get("http.bind"))
+    if not is_loopback(host) and not get("http.token"):
+        return (
+            f"refusing to bind {get('http.bind')} without an API token"
+            " (set http.token or AMAN_HTTP_TOKEN)"
+        )
+    return None
+
+
+def _member_within_unpacked(get: Callable[[str], Any]) -> str | None:
+    if get("plugins.max_member_bytes") > get("plugins.max_unpacked_bytes"):
+        return "plugins.max_member_bytes must not exceed plugins.max_unpacked_bytes"
+    return None
+
+
+class Config:
+    """The :class:`sdk.Settings` of the kernel.
+
+    :param path: the ``--config`` file, or None to look for ``./aman.toml``.
+    :param cli: overrides from command-line flags, by dotted key.
+    :param env: the environment to read overrides from (``os.environ`` by default).
+    """
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        cli: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self._cwd = cwd or Path.cwd()
+        if path is None and (self._cwd / "aman.toml").is_file():
+            path = self._cwd / "aman.toml"
+        self._path = path.resolve() if path else None
+        self._file: dict[str, Any] = self._read(self._path) if self._path else {}
+        self._boot: dict[str, Any] = copy.deepcopy(self._file)
+        self._cli = dict(cli or {})
+        self._env_source = dict(os.environ if env is None else env)
+        self._env: dict[str, Any] = {}
+        self._keys: dict[str, tuple[ConfigKey, str]] = {}
+        self._rules: list[CrossRule] = [_bind_needs_token, _member_within_unpacked]
+        #: Called after a successful ``set`` with the result, ``{key: (old, new)}`` as written to
+        #: the file, and the operator.
+        self.on_change: (
+            Callable[[ConfigChange, dict[str, tuple[Any, Any]], str], Awaitable[None]] | None
+        ) = None
+        self.declare("kernel", KERNEL_KEYS)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        try:
+            with open(path, "rb") as fh:
+                return tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config error: file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config error: {path}: {exc}") from None
+
+    # --- declaration and validation --------------------------------------------------------
+
+    def declare(self, owner: str, keys: list[ConfigKey]) -> None:
+        for key in keys:
+            if key.name in self._keys:
+                other = self._keys[key.name][1]
+                raise ConfigError(f"config key {key.name} declared by both {other} and {owner}")
+            self._keys[key.name] = (key, owner)
+
+    def undeclare(self, owner: str) -> None:
+        self._keys = {k: v for k, v in self._keys.items() if v[1] != owner}
+
+    def owner(self, name: str) -> str | None:
+        found = self._lookup(name)
+        return found[1] if found else None
+
+    def _lookup(self, name: str) -> tuple[ConfigKey, str] | None:
+        if name in self._keys:
+            return self._keys[name]
+        for pattern, entry in self._keys.items():
+            if "*" in pattern and _matches(pattern, name):
+                return entry
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):  # inside a free-form table
+            found = self._lookup(".".join(parts[:cut]))
+            if found and found[0].type is dict:
+                return ConfigKey(name=name, type=object, default=None), found[1]
+        return None
+
+    def _leaves(self, tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+        for name, value in tree.items():
+            full = f"{prefix}{name}"
+            found = self._lookup(full)
+            if found is not None and (found[0].type is not object or not isinstance(value, dict)):
+                yield full, value
+            elif isinstance(value, dict):
+                yield from self._leaves(value, full + ".")
+            else:
+                yield full, value
+
+    def validate(self) -> None:
+        """Check the file, the environment and the flags against every declared key (start-up).
+
+        Raises :class:`sdk.ConfigError` naming every offending key, one per line.
+        """
+        errors = []
+        for name, value in self._leaves(self._file):
+            found = self._lookup(name)
+            if found is None:
+                errors.append(f"config error: unknown key '{name}'")
+            elif reason := check_value(found[0], value):
+                errors.append(f"config error: invalid value for '{name}': {reason}")
+        self._env = {}
+        for key, _owner in self._keys.values():
+            names = [key.env] + [a for a, k in _ENV_ALIASES.items() if k == key.name]
+            for var in filter(None, names):
+                if var in self._env_source and key.name not in self._env:
+                    try:
+                        value = _parse_env(key, self._env_source[var])
+                        if reason := check_value(key, value):
+                            raise ValueError(reason)
+                    except ValueError as exc:
+                        errors.append(f"config error: invalid value for {var}: {exc}")
+                        continue
+                    self._env[key.name] = value
+        for name, value in self._cli.items():
+            found = self._lookup(name)
+            if found and (reason := check_value(found[0], value)):
+                errors.append(f"config error: invalid value for '{name}': {reason}")
+        if not errors:
+            errors = self._broken_rules(self.get)
+        if errors:
+            raise ConfigError("\n".join(errors))
+
+    def _broken_rules(self, get: Callable[[str], Any]) -> list[str]:
+        return [reason for rule in self._rules if (reason := rule(get))]
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    def _value(self, name: str, tree: Mapping[str, Any], *, boot: bool) -> Any:
+        if name in self._cli:
+            return self._cli[name]
+        if name in self._env:
+            return self._env[name]
+        found = self._lookup(name)
+        if found is None:
+            raise KeyError(name)
+        key = found[0]
+        present, value = _dig(self._boot if boot and key.restart else tree, name)
+        return copy.deepcopy(value if present else key.default)
+
+    def get(self, key: str) -> Any:
+        """The value in effect now (a restart key keeps its value from start-up)."""
+        return self._value(key, self._file, boot=True)
+
+    def resolve_path(self, key: str) -> Path:
+        raw = Path(str(self.get(key))).expanduser()
+        if raw.is_absolute():
+            return raw
+        if key in self._cli or key in self._env:
+            return (self._cwd / raw).resolve()
+        if key in _CONFIG_RELATIVE:
+            base = self._path.parent if self._path else self._cwd
+            return (base / raw).resolve()
+        return (self.resolve_path("runtime.dir") / raw).resolve()
+
+    def plugin_config(self, plugin: str) -> Mapping[str, Any]:
+        found, table = _dig(self._file, f"plugin.{plugin}")
+        return copy.deepcopy(table) if found and isinstance(table, dict) else {}
+
+    def overridden(self) -> list[str]:
+        return sorted(set(self._cli) | set(self._env))
+
+    def effective_tree(self, *, redact: bool = True) -> dict[str, Any]:
+        tree: dict[str, Any] = {}
+        for name, (key, _owner) in sorted(self._keys.items()):
+            if "*" not in name:
+                _put(tree, name, self._redact(name, self.get(name)) if redact else self.get(name))
+        for name, value in self._leaves(self._file):
+            if "*" not in name and name not in self._keys and self._lookup(name):
+                _put(tree, name, self._redact(name, value) if redact else value)
+        return tree
+
+    @staticmethod
+    def _redact(name: str, value: Any) -> Any:
+        return "[REDACTED]" if value and _is_secret(name) else value
+
+    # --- changing --------------------------------------------------------------------------
+
+    async def set(self, changes: Mapping[str, Any], *, operator: str) -> ConfigChange:
+        """Validate, persist atomically and apply ``changes`` (``None`` removes a key); all or
+        nothing (http-api §10)."""
+        candidate = copy.deepcopy(self._file)
+        values = {name: (_dig(self._file, name)[1], value) for name, value in changes.items()}
+        for name, value in changes.items():
+            found = self._lookup(name)
+            if found is None or "*" in name:
+                raise Invalid(f"unknown config key: {name}")
+            if value is not None and (reason := check_value(found[0], value)):
+                raise Invalid(f"invalid value for {name}: {reason}")
+            _put(candidate, name, value)
+        broken = self._broken_rules(lambda n: self._value(n, candidate, boot=False))
+        if broken:
+            raise Invalid(f"invalid configuration: {broken[0]}")
+        path = self._path or self._cwd / "aman.toml"
+        _write_atomic(path, candidate)
+        self._path, self._file = path, candidate
+        lists: dict[str, list[str]] = {"applied": [], "restart_required": [], "overridden": []}
+        for name in sorted(changes):
+            lists[self._effect(name)].append(name)
+        result = ConfigChange(**lists)
+        if self.on_change is not None:
+            await self.on_change(result, values, operator)
+        return result
+
+
+    def _effect(self, name: str) -> str:
+        if name in self._cli or name in self._env:
+            return "overridden"
+        found = self._lookup(name)
+        return "restart_required" if found and found[0].restart else "applied"
+
+
+def _write_atomic(path: Path, tree: Mapping[str, Any]) -> None:
+    """Write the TOML file by temporary file, fsync and rename, so readers see old or new."""
+    try:
+        data = tomli_w.dumps(tree).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".aman.toml.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, TypeError, ValueError) as exc:
+        raise Failure(f"cannot write {path}: {exc}") from None

@@ -1,0 +1,36 @@
+"""Identifiers (http-api §1.10): UUIDv7 for events, messages and audit records."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+__all__ = ["now_ms", "uuid7"]
+
+_lock = threading.Lock()
+_last = [0, 0]  # last millisecond, counter within it
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def uuid7() -> str:
+    """A UUIDv7 string, monotonic within this process (RFC 9562, method 1: 12-bit counter)."""
+    with _lock:
+        ms = now_ms()
+        if ms <= _last[0]:
+            ms = _last[0]
+            _last[1] += 1
+            if _last[1] > 0xFFF:  # counter exhausted: borrow the next millisecond
+                ms += 1
+                _last[1] = 0
+        else:
+            _last[1] = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        _last[0] = ms
+        counter = _last[1]
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand
+    return str(uuid.UUID(int=value))

@@ -1,0 +1,310 @@
+"""The one live dispatcher: routes from ``register_routes`` → a werkzeug ``Map`` swapped whole.
+
+Whenever the plugin set changes the kernel rebuilds the table and replaces it with one
+assignment, so a request sees either the old table or the new one. The dispatcher is the only
+code that touches the request. It applies the checks of http-api §1.4 in order (route, auth,
+confirmation, debug gate, availability, body), calls the handler with the arguments it asks for,
+turns its result into JSON, and writes the audit record of the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import quart
+from attrs import frozen
+from werkzeug.exceptions import NotFound, RequestEntityTooLarge
+from werkzeug.routing import Map, Rule
+
+from sdk import (
+    AuditNote,
+    Conflict,
+    Forbidden,
+    Invalid,
+    Request,
+    Response,
+    Route,
+    SdkError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+
+from .auth import confirmed, operator_from, token_ok
+from .convert import converter, structure_body, structure_query
+from .errors import error_body
+
+if TYPE_CHECKING:
+    from .app import Kernel
+    from .plugins import Plugin
+
+__all__ = ["Endpoint", "Router"]
+
+log = logging.getLogger("aman.http")
+_PARAM = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)\}")
+_INJECTABLE = frozenset({"ctx", "body", "query", "request", "operator", "audit"})
+_JSON = "application/json; charset=utf-8"
+
+
+@frozen
+class Endpoint:
+    route: Route
+    plugin: Plugin
+    path: str  # the full path template, for metrics and /plugins
+    public: bool
+    wants: frozenset[str]
+
+
+class _Refused(Exception):
+    """A check failed before the handler ran; carries the audit outcome it implies."""
+
+    def __init__(self, error: SdkError, outcome: str, detail: str = "") -> None:
+        super().__init__(error.message)
+        self.error, self.outcome, self.detail = error, outcome, detail
+
+
+def _rule(path: str) -> str:
+    return _PARAM.sub(lambda m: f"<path:{m[2]}>" if m[1] else f"<{m[2]}>", path)
+
+
+def _endpoint(plugin: Plugin, route: Route, public_routes: Iterable[str]) -> Endpoint:
+    full = route.path if plugin.builtin else f"/api/v1/{plugin.name}{route.path}"
+    public = route.public if plugin.builtin else _listed(route, public_routes)
+    wants = frozenset(inspect.signature(route.handler).parameters)
+    return Endpoint(route=route, plugin=plugin, path=full, public=public, wants=wants)
+
+
+def _listed(route: Route, public_routes: Iterable[str]) -> bool:
+    for entry in public_routes:
+        method, _, path = entry.strip().rpartition(" ")
+        if path == route.path and (not method or method.upper() == route.method.upper()):
+            return True
+    return False
+
+
+class Router:
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+        self._table: tuple[Map, dict[str, Endpoint]] = (Map(), {})
+
+    def rebuild(self, plugins: Iterable[Plugin], public_routes: Callable[[Plugin], Iterable[str]]) -> None:
+        """Build the table from the plugins' routes and swap it in. A duplicate (method, path)
+        between plugins is an error naming both."""
+        rules, endpoints, owners = [], {}, {}  # type: list[Rule], dict[str, Endpoint], dict[tuple[str, str], str]
+        for plugin in plugins:
+            if not plugin.routes or not (plugin.loaded or plugin.builtin):
+                continue
+            for route in plugin.routes:
+                ep = _endpoint(plugin, route, public_routes(plugin))
+                key = (route.method.upper(), ep.path)
+                if key in owners:
+                    raise ValueError(
+                        f"route {key[0]} {key[1]} is registered by both {owners[key]} and {plugin.name}"
+                    )
+                owners[key] = plugin.name
+                name = f"{len(endpoints)}"
+                endpoints[name] = ep
+                rules.append(Rule(_rule(ep.path), endpoint=name, methods=[key[0]]))
+        table = Map(rules, strict_slashes=True, merge_slashes=False, redirect_defaults=False)
+        self._table = (table, endpoints)
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._table[1].values())
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    async def dispatch(self, req: quart.Request) -> quart.Response:
+        started = time.perf_counter()
+        table, endpoints = self._table
+        raw_path = req.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or req.path
+        ep: Endpoint | None = None
+        audit: AuditNote | None = None
+        outcome, detail = "ok", ""
+        try:
+            if "//" in raw_path:
+                raise NotFound()
+            name, raw_params = table.bind("localhost").match(raw_path, req.method)
+            ep = endpoints[name]
+            params = {k: unquote(v) for k, v in raw_params.items()}
+            if ep.route.audit:
+                audit = AuditNote(target=(ep.route.target or "").format(**params))
+            response = await self._serve(req, ep, params, audit)
+        except _Refused as refused:
+            outcome, detail = refused.outcome, refused.detail
+            response, _ = self._error(refused.error)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
+            outcome = "error"
+            response, detail = self._error(exc)
+        if audit is not None and response.status != 401:
+            await self._audit(req, ep, audit, outcome, detail)
+        return self._finish(req, ep, response, started)
+
+    async def _serve(
+        self, req: quart.Request, ep: Endpoint, params: dict[str, str], audit: AuditNote | None
+    ) -> Response:
+        kernel, route = self._kernel, ep.route
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        if not ep.public and not token_ok(headers, kernel.config.get("http.token")):
+            kernel.metrics.auth_failures.inc()
+            raise Unauthorized("missing or invalid API token")
+        if route.confirm and not confirmed(headers):
+            raise _Refused(Conflict("confirmation required"), "confirm_required")
+        if route.debug_gate and not kernel.config.get("debug.force_enable_debug_endpoints"):
+            raise _Refused(
+                Forbidden("debug endpoints are disabled (set debug.force_enable_debug_endpoints = true)"),
+                "forbidden",
+                "force_enable_debug_endpoints=false",
+            )
+        if route.availability == "ready":
+            kernel.lifecycle.require_ready()
+        if ep.plugin.builtin and ep.plugin.state != "running" and kernel.lifecycle.status == "ready":
+            raise Unavailable(f"plugin {ep.plugin.name} is disabled", retry_after=None)
+        args: dict[str, Any] = {k: v for k, v in params.items() if k in ep.wants}
+        operator = operator_from(headers)
+        if "ctx" in ep.wants:
+            args["ctx"] = ep.plugin.ctx
+        if "operator" in ep.wants:
+            args["operator"] = operator
+        if "audit" in ep.wants:
+            args["audit"] = audit if audit is not None else AuditNote(target="")
+        if "query" in ep.wants and route.query is not None:
+            args["query"] = structure_query(req.args, route.query)
+        if route.body is not None or "request" in ep.wants:
+            limit = route.max_body_bytes or kernel.config.get("http.max_body_bytes")
+            raw = await _read_body(req, limit)
+            parsed = _parse_json(raw, headers.get("content-type", ""), strict=route.body is not None)
+            if route.body is not None:
+                args["body"] = structure_body(parsed, route.body)
+            if "request" in ep.wants:
+                args["request"] = Request(
+                    method=req.method,
+                    path=req.path[len(ep.path) - len(route.path) :] if not ep.plugin.builtin else req.path,
+                    params=params,
+                    query=dict(req.args),
+                    headers=headers,
+                    body=raw,
+                    json=parsed,
+                    operator=operator,
+                )
+        return await self._call(ep, args)
+
+    async def _call(self, ep: Endpoint, args: dict[str, Any]) -> Response:
+        handler, plugin = ep.route.handler, ep.plugin
+        try:
+            if inspect.iscoroutinefunction(handler):
+                call = handler(**args)
+            else:
+                call = asyncio.to_thread(handler, **args)
+            if plugin.builtin:
+                result = await call
+            else:
+                timeout = self._kernel.config.get("plugins.route_timeout_sec")
+                result = await asyncio.wait_for(call, timeout)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, timeout)
+        except SdkError:
+            raise
+        except TimeoutError:
+            timeout = self._kernel.config.get("plugins.route_timeout_sec")
+            raise _PluginFailure(f"plugin {plugin.name} did not answer within {timeout} s") from None
+        except Exception as exc:
+            if plugin.builtin:
+                raise
+            log.error("plugin %s route %s failed", plugin.name, ep.path, exc_info=exc)
+            raise _PluginFailure(f"plugin {plugin.name} failed: {type(exc).__name__}") from None
+        if isinstance(result, Response):
+            return result
+        body = json.dumps(converter.unstructure(result), ensure_ascii=False, separators=(",", ":"))
+        return Response(status=200, body=body.encode(), content_type=_JSON)
+
+    @staticmethod
+    def _error(exc: BaseException) -> tuple[Response, str]:
+        """The JSON error response for ``exc`` and the detail its audit record gets."""
+        if isinstance(exc, _PluginFailure):
+            status, body, headers = 500, {"error": str(exc)}, {}
+        else:
+            if isinstance(exc, RequestEntityTooLarge):
+                exc = TooLarge("request body too large")
+            status, body, headers = error_body(exc)
+        detail = body["error"] if status != 500 else f"internal error: {type(exc).__name__}"
+        response = Response(status=status, body=json.dumps(body).encode(), content_type=_JSON, headers=headers)
+        return response, detail
+
+    async def _audit(
+        self, req: quart.Request, ep: Endpoint | None, note: AuditNote, outcome: str, detail: str
+    ) -> None:
+        assert ep is not None and ep.route.audit is not None
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        await self._kernel.audit.record(
+            operator=operator_from(headers),
+            action=ep.route.audit,
+            target=note.target,
+            outcome=note.outcome or outcome,
+            detail=note.detail if outcome == "ok" else detail,
+        )
+
+    def _finish(
+        self, req: quart.Request, ep: Endpoint | None, response: Response, started: float
+    ) -> quart.Response:
+        body = response.body.encode() if isinstance(response.body, str) else response.body
+        if req.method == "HEAD":
+            body = b""
+        out = quart.Response(body, status=response.status, content_type=response.content_type)
+        for key, value in response.headers.items():
+            out.headers[key] = value
+        out.headers.setdefault("Cache-Control", "no-store")
+        label = ep.path if ep is not None else "<unmatched>"
+        self._kernel.metrics.http_requests.labels(
+            method=req.method, route=label, status=str(response.status)
+        ).inc()
+        log.debug("%s %s %d %.1f ms", req.method, req.path, response.status, (time.perf_counter() - started) * 1000)
+        return out
+
+
+class _PluginFailure(Exception):
+    """A plugin route raised something that is not an SDK error, or timed out (http-api §24)."""
+
+
+async def _read_body(req: quart.Request, limit: int) -> bytes:
+    """Read the body, stopping at ``limit`` bytes, for Content-Length and chunked uploads alike."""
+    too_large = TooLarge(f"request body too large (limit {limit} bytes)")
+    if req.content_length is not None and req.content_length > limit:
+        raise too_large
+    data = bytearray()
+    try:
+        async for chunk in req.body:
+            data += chunk
+            if len(data) > limit:
+                raise too_large
+    except RequestEntityTooLarge:
+        raise too_large from None
+    return bytes(data)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_json(raw: bytes, content_type: str, *, strict: bool) -> Any:
+    """http-api §1.5: an empty body is ``{}``; a non-empty one must be JSON when ``strict``."""
+    if not raw:
+        return {}
+    is_json = content_type.split(";", 1)[0].strip().lower() == "application/json"
+    if not is_json:
+        if strict:
+            raise UnsupportedMediaType("unsupported content type; expected application/json")
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Invalid(f"invalid JSON body: {exc}") from None
+

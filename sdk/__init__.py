@@ -1,0 +1,115 @@
+"""The aman SDK: everything a plugin imports, built-in or third-party.
+
+A plugin is a module with hook implementations marked ``@hookimpl``::
+
+    from sdk import Route, hookimpl
+
+    @hookimpl
+    def register_routes(ctx):
+        return [Route(method="GET", path="/ping", handler=ping)]
+
+    async def ping(ctx):
+        return {"pong": ctx.name}
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from .context import PluginContext
+from .errors import (
+    ConfigError,
+    Conflict,
+    Failure,
+    Forbidden,
+    Invalid,
+    NotFound,
+    SdkError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    Unrecoverable,
+    UnsupportedMediaType,
+)
+from .hookspecs import API_VERSION
+from .models import (
+    AuditNote,
+    ConfigKey,
+    Delivery,
+    Event,
+    EventHandler,
+    EventMetadata,
+    Health,
+    Migration,
+    Priority,
+    PublishResult,
+    Request,
+    Response,
+    Route,
+    Stash,
+    StashKey,
+    TrustLevel,
+    in_range,
+)
+from .services import (
+    AuditLog,
+    AuditPage,
+    AuditRecord,
+    Bus,
+    ConfigChange,
+    Lifecycle,
+    PluginChange,
+    PluginInfo,
+    Plugins,
+    Settings,
+    Store,
+)
+
+__all__ = [
+    "API_VERSION",
+    "AuditLog",
+    "AuditNote",
+    "AuditPage",
+    "AuditRecord",
+    "Bus",
+    "ConfigChange",
+    "ConfigError",
+    "ConfigKey",
+    "Conflict",
+    "Delivery",
+    "Event",
+    "EventHandler",
+    "EventMetadata",
+    "Failure",
+    "Forbidden",
+    "Health",
+    "Invalid",
+    "Lifecycle",
+    "Migration",
+    "NotFound",
+    "PluginChange",
+    "PluginContext",
+    "PluginInfo",
+    "Plugins",
+    "Priority",
+    "PublishResult",
+    "Request",
+    "Response",
+    "Route",
+    "SdkError",
+    "Settings",
+    "Stash",
+    "StashKey",
+    "Store",
+    "TooLarge",
+    "TrustLevel",
+    "Unauthorized",
+    "Unavailable",
+    "Unrecoverable",
+    "UnsupportedMediaType",
+    "hookimpl",
+    "in_range",
+]
+
+#: The marker for hook implementations (pluggy project name ``aman``).
+hookimpl = pluggy.HookimplMarker("aman")

@@ -1,0 +1,173 @@
+"""The hooks of SDK API "1": the versioned contract between the runtime and its plugins.
+
+Built-in and third-party plugins implement the same hooks with the ``hookimpl`` marker. Hooks are
+called with keyword arguments, plugin by plugin, by the kernel's facade (``kernel/hooks.py``);
+an implementation may accept any subset of a hook's parameters, so parameters can be added later.
+
+Naming: ``register_<things>`` returns a list and every implementation is called; ``on_<event>``
+is a notification whose return value is ignored. Hooks marked "may be async" accept an ``async
+def`` implementation; the kernel awaits it with a time limit. Sync implementations of those hooks
+run in a worker thread so that they cannot block the event loop.
+
+``docs/hooks.md`` has one section per hook; a contract test keeps them in step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from prometheus_client import CollectorRegistry
+
+    from .context import PluginContext
+    from .models import ConfigKey, EventHandler, Health, Migration, Route
+
+__all__ = ["API_VERSION", "hookspec"]
+
+API_VERSION = "1"
+hookspec = pluggy.HookspecMarker("aman")
+
+
+@hookspec
+def on_startup(ctx: PluginContext) -> None:
+    """Start the plugin: open its resources, start its background tasks.
+
+    :param ctx: The plugin's context.
+    :returns: Nothing.
+
+    Called once each time the plugin starts: at start-up in phase 2 (in load order), at install and
+    at enable. May be async; limited to ``plugins.load_timeout_sec``. Raising (or timing out) fails
+    the start: the plugin is marked ``failed`` (a built-in plugin aborts start-up).
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def on_shutdown(ctx: PluginContext) -> None:
+    """Stop the plugin: cancel its tasks and release what ``on_startup`` took.
+
+    :param ctx: The plugin's context.
+    :returns: Nothing.
+
+    Called once each time the plugin stops: disable, uninstall, quarantine, upgrade and runtime
+    shutdown (in reverse load order). May be async; limited to ``plugins.unload_timeout_sec``; an
+    error or a timeout is logged and counted, and the plugin is removed anyway.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def health_check(ctx: PluginContext) -> Health | Mapping[str, str] | None:
+    """Report the plugin's health.
+
+    :param ctx: The plugin's context.
+    :returns: A :class:`~sdk.Health` (or a mapping with ``status`` and ``detail``); ``status`` is
+        ``healthy``, ``degraded`` or ``error``. ``None`` counts as healthy.
+
+    Called after the plugin starts and then every ``plugins.health_interval_sec``. May be async;
+    limited to 10 s. ``error`` at start fails the start; later it is reported in ``/plugins``.
+    Raising counts as ``error``.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_routes(ctx: PluginContext) -> list[Route]:
+    """Contribute HTTP routes.
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.Route`. Built-in plugins mount at the API's own paths;
+        installed plugins under ``/api/v1/<name>``.
+
+    Called once when the plugin is loaded (boot, install, enable), before ``on_startup``, so that
+    routes marked ``availability="always"`` answer from phase 0. Sync only. Two routes with the
+    same method and path fail the load.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_event_handlers(ctx: PluginContext) -> list[EventHandler]:
+    """Subscribe to events on the bus.
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.EventHandler`, each with a name, a handler (sync or async,
+        receiving the :class:`~sdk.Event`) and optional filters on type, source, priority and
+        payload.
+
+    Called once each time the plugin starts, after ``on_startup``; the subscriptions end when the
+    plugin stops. Sync only. A handler that raises never affects other subscribers.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_config(ctx: PluginContext) -> list[ConfigKey]:
+    """Declare the configuration keys the plugin owns.
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.ConfigKey` (dotted name, type, default, range or choices,
+        whether a change needs a restart, an overriding environment variable).
+
+    Called once when the plugin is loaded, before the configuration file is validated, so its keys
+    are accepted in ``aman.toml`` and checked by ``/config/set``. Sync only. A plugin's free-form
+    ``[plugin.<name>]`` table needs no declaration.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_migrations(ctx: PluginContext) -> list[Migration]:
+    """Declare versioned schema steps for the plugin's own tables in the runtime store.
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.Migration`; each ``version`` is applied once, in order,
+        and recorded per plugin.
+
+    Called once each time the plugin starts, before its other start hooks (at start-up in
+    phase 1, when the store opens). Sync only. A failing step fails the plugin's start.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_metrics(ctx: PluginContext, registry: CollectorRegistry) -> None:
+    """Register Prometheus collectors on the kernel's registry.
+
+    :param ctx: The plugin's context.
+    :param registry: The kernel's ``CollectorRegistry`` (one per kernel, never the global one).
+    :returns: Nothing.
+
+    Called once when the plugin is loaded. Sync only. Collectors a plugin registers are
+    unregistered when it is unloaded.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def on_config_changed(ctx: PluginContext, changes: Mapping[str, Any]) -> None:
+    """React to a live configuration change.
+
+    :param ctx: The plugin's context.
+    :param changes: The changed keys that took effect at once, with their new values (dotted
+        names; ``plugin.<name>.<key>`` for the plugin's own table, or keys it declared).
+
+    Called after ``/config/set`` applied keys the plugin owns or its ``[plugin.<name>]`` table.
+    May be async. Errors are logged and counted; the change stays applied.
+
+    .. versionadded:: 1
+    """
+
+

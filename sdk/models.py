@@ -1,0 +1,274 @@
+"""The public models of the SDK: what plugins return from hooks and receive from the kernel.
+
+Every model is an attrs class with keyword-only fields, so fields can be added without breaking
+plugins. Value objects are frozen; the few mutable ones (``AuditNote``, ``Stash``) say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, Literal, TypeVar, cast
+
+from attrs import define, field, frozen
+
+__all__ = [
+    "AuditNote",
+    "ConfigKey",
+    "Delivery",
+    "Event",
+    "EventHandler",
+    "EventMetadata",
+    "Health",
+    "Migration",
+    "Priority",
+    "PublishResult",
+    "Request",
+    "Response",
+    "Route",
+    "Stash",
+    "StashKey",
+    "TrustLevel",
+    "in_range",
+]
+
+T = TypeVar("T")
+
+Priority = Literal["high", "normal", "low"]
+Delivery = Literal["at_most_once", "at_least_once", "exactly_once"]
+TrustLevel = Literal["trusted", "untrusted", "sandboxed"]
+Availability = Literal["ready", "always"]
+
+
+class OutOfRange(ValueError):
+    """Raised by :func:`in_range`; the kernel turns it into ``field 'x' must be between a and b``."""
+
+    def __init__(self, name: str, low: int | float, high: int | float) -> None:
+        super().__init__(f"field '{name}' must be between {low} and {high}")
+        self.name, self.low, self.high = name, low, high
+
+
+def in_range(low: int | float, high: int | float) -> Callable[[Any, Any, Any], None]:
+    """An attrs validator for numbers (``None`` passes, so optional fields can use it)."""
+
+    def check(_inst: Any, attribute: Any, value: Any) -> None:
+        if value is not None and not low <= value <= high:
+            raise OutOfRange(attribute.name, low, high)
+
+    return check
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class Route:
+    """One HTTP route a plugin contributes through ``register_routes``.
+
+    The handler is called with arguments chosen by name from its signature: ``ctx`` (the plugin
+    context), ``body`` (the JSON body structured into ``body``'s class), ``query`` (the query string
+    structured into ``query``'s class), ``request`` (a :class:`Request`), ``operator`` (the
+    ``x-aman-operator`` name), ``audit`` (an :class:`AuditNote` to fill in), and every ``{param}``
+    of the path. It returns a JSON-able value or attrs instance (sent as 200 JSON) or a
+    :class:`Response`.
+
+    :param method: ``GET``, ``POST``, ``PUT``, ``PATCH`` or ``DELETE`` (``HEAD`` follows ``GET``).
+    :param path: ``/things/{id}``; a final ``{*rest}`` takes the remainder of the path.
+    :param public: served without the API token (built-in plugins only; installed plugins declare
+        ``public_routes`` in their manifest).
+    :param confirm: needs ``x-aman-confirm: yes`` (checked before the body and the resource).
+    :param availability: ``ready`` (503 unless the runtime is ready) or ``always``.
+    :param audit: the audit action (``plugin.enable``); every call then writes one audit record.
+    :param target: the audit target, a template over the path parameters (``plugin:{name}``).
+    :param debug_gate: refused with 403 unless ``debug.force_enable_debug_endpoints`` is true.
+    :param max_body_bytes: the body limit, instead of ``http.max_body_bytes``.
+    """
+
+    method: str
+    path: str
+    handler: Callable[..., Awaitable[Any] | Any]
+    name: str = ""
+    body: type | None = None
+    query: type | None = None
+    public: bool = False
+    confirm: bool = False
+    availability: Availability = "ready"
+    audit: str | None = None
+    target: str | None = None
+    debug_gate: bool = False
+    max_body_bytes: int | None = None
+
+
+@frozen(kw_only=True)
+class Request:
+    """What a handler that asks for ``request`` receives: the raw request, already authenticated."""
+
+    method: str
+    path: str
+    params: Mapping[str, str]
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    json: Any
+    operator: str
+
+
+@frozen(kw_only=True)
+class Response:
+    """An explicit response, for handlers that do not answer with JSON (pages, metrics, files)."""
+
+    status: int = 200
+    body: bytes | str = b""
+    content_type: str = "application/octet-stream"
+    headers: Mapping[str, str] = field(factory=dict)
+
+
+@define(kw_only=True)
+class AuditNote:
+    """The audit record of the current request, for a handler to complete (mutable).
+
+    The kernel writes the record when the request ends, with the outcome it observed. A handler
+    sets ``detail`` (never secrets or raw chat text), may set ``target`` when it only learns it
+    while working (``plugin:<name>`` from an uploaded manifest), and may set ``outcome`` where the
+    API names a special one (``not_found``, ``aborted``).
+    """
+
+    target: str
+    detail: str = ""
+    outcome: str | None = None
+
+
+# --- Events -------------------------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class EventMetadata:
+    """Routing and lifetime facts of an event (http-api §1.9)."""
+
+    trace_id: str
+    parent_event_id: str | None = None
+    agent_id: str | None = None
+    retry_count: int = 0
+    max_retries: int = 0
+    ttl_ms: int | None = None
+    lifespan_ms: int | None = None
+    created_at: int = 0
+
+
+@frozen(kw_only=True)
+class Event:
+    """An event on the bus; its JSON form is the Event JSON of http-api §1.9."""
+
+    id: str
+    source: str
+    event_type: str
+    timestamp: int
+    priority: Priority = "normal"
+    delivery: Delivery = "at_most_once"
+    dedup_key: str | None = None
+    trust_level: TrustLevel = "trusted"
+    payload: Any = None
+    metadata: EventMetadata
+
+
+@frozen(kw_only=True)
+class PublishResult:
+    """What a publish answers: the event id (the original's for a duplicate) and its status."""
+
+    id: str
+    trace_id: str
+    status: Literal["queued", "duplicate", "dropped"]
+
+
+@frozen(kw_only=True)
+class EventHandler:
+    """A bus subscription a plugin contributes through ``register_event_handlers``.
+
+    Empty filter tuples match everything; ``payload`` matches events whose payload is an object
+    containing every given key with an equal value.
+    """
+
+    name: str
+    handler: Callable[[Event], Awaitable[None] | None]
+    event_types: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    priorities: tuple[Priority, ...] = ()
+    payload: Mapping[str, Any] | None = None
+
+
+# --- Configuration, storage, health ---------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class ConfigKey:
+    """A configuration key a plugin owns (``register_config``).
+
+    :param name: dotted name, ``event_bus.max_queue_size``; a ``*`` segment matches any one name
+        (``agents.*.provider``).
+    :param type: ``bool``, ``int``, ``float``, ``str``, ``list[int]``, ``list[str]`` or ``dict``
+        (a free-form table).
+    :param restart: a change is saved but takes effect at the next start.
+    :param minimum, maximum: inclusive range for numbers (for lists: of each element).
+    :param length: inclusive range for the number of elements of a list.
+    :param choices: the allowed values of a string key.
+    :param env: an environment variable that overrides the file.
+    """
+
+    name: str
+    type: Any
+    default: Any
+    restart: bool = False
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    length: tuple[int, int] | None = None
+    choices: tuple[str, ...] = ()
+    env: str | None = None
+    doc: str = ""
+
+
+@frozen(kw_only=True)
+class Migration:
+    """One versioned schema step of a plugin's tables, applied once, in version order."""
+
+    version: int
+    sql: str
+
+
+@frozen(kw_only=True)
+class Health:
+    """A plugin's answer to ``health_check``."""
+
+    status: Literal["healthy", "degraded", "error"] = "healthy"
+    detail: str = ""
+
+
+# --- The stash ------------------------------------------------------------------------------
+
+
+class StashKey(Generic[T]):
+    """A typed key for the kernel's :class:`Stash` (pytest's stash): ``KEY = StashKey[Thing]()``."""
+
+    __slots__ = ()
+
+
+class Stash:
+    """Per-kernel storage for plugin state, typed by its keys (mutable)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: dict[StashKey[Any], Any] = {}
+
+    def __setitem__(self, key: StashKey[T], value: T) -> None:
+        self._items[key] = value
+
+    def __getitem__(self, key: StashKey[T]) -> T:
+        return cast(T, self._items[key])
+
+    def get(self, key: StashKey[T], default: T | None = None) -> T | None:
+        return cast("T | None", self._items.get(key, default))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __delitem__(self, key: StashKey[Any]) -> None:
+        del self._items[key]

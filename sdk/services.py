@@ -1,0 +1,206 @@
+"""The kernel services a plugin reaches through its context, as typed protocols.
+
+The SDK only describes them; the kernel implements them. Plugins never import the kernel, so a
+built-in plugin copied out of the tree and installed as an archive still works.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from attrs import frozen
+
+from .models import Delivery, Priority, PublishResult
+
+__all__ = [
+    "AuditLog",
+    "AuditPage",
+    "AuditRecord",
+    "Bus",
+    "ConfigChange",
+    "Lifecycle",
+    "PluginChange",
+    "PluginInfo",
+    "Plugins",
+    "Settings",
+    "Store",
+]
+
+T = TypeVar("T")
+Status = Literal["new", "starting", "ready", "draining", "stopped"]
+
+
+class Bus(Protocol):
+    """The event bus. ``publish`` answers once the event is accepted (and, for guaranteed
+    delivery, stored); subscribers run later."""
+
+    async def publish(
+        self,
+        event_type: str,
+        payload: Any = None,
+        *,
+        source: str | None = None,
+        priority: Priority = "normal",
+        delivery: Delivery = "at_most_once",
+        agent_id: str | None = None,
+        ttl_ms: int | None = None,
+        dedup_key: str | None = None,
+        trace_id: str | None = None,
+        parent_event_id: str | None = None,
+    ) -> PublishResult: ...
+
+    def stats(self) -> Mapping[str, Any]: ...
+
+
+class Store(Protocol):
+    """The runtime's SQLite database (WAL). Writes run on one writer thread and are committed in
+    groups; a write function runs inside its own savepoint, so its failure rolls back only its own
+    statements. Reads run on reader connections and never block writes."""
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int: ...
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def fetchall(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[sqlite3.Row]: ...
+
+
+@frozen(kw_only=True)
+class ConfigChange:
+    """The result of ``Settings.set``: each changed key is in exactly one list."""
+
+    applied: list[str]
+    restart_required: list[str]
+    overridden: list[str]
+
+
+class Settings(Protocol):
+    """The effective configuration (defaults < ``aman.toml`` < environment < command line)."""
+
+    @property
+    def path(self) -> Path | None: ...
+
+    def get(self, key: str) -> Any: ...
+
+    def resolve_path(self, key: str) -> Path: ...
+
+    def plugin_config(self, plugin: str) -> Mapping[str, Any]: ...
+
+    def effective_tree(self, *, redact: bool = True) -> dict[str, Any]: ...
+
+    def overridden(self) -> list[str]: ...
+
+    async def set(self, changes: Mapping[str, Any], *, operator: str) -> ConfigChange: ...
+
+
+class Lifecycle(Protocol):
+    """Phases 0..5 and the status of the runtime (http-api §1.7, §3)."""
+
+    @property
+    def phase(self) -> int: ...
+
+    @property
+    def status(self) -> Status: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def started_at_ms(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+@frozen(kw_only=True)
+class PluginInfo:
+    """The Plugin object of http-api §7."""
+
+    name: str
+    version: str
+    description: str
+    source: Literal["builtin", "entry_point", "installed"]
+    builtin: bool
+    essential: bool
+    installed: bool
+    loaded: bool
+    enabled: bool
+    state: Literal["running", "disabled", "failed"]
+    unstable: bool
+    api: str
+    module: str
+    manifest_path: str | None
+    install_dir: str | None
+    installed_at_ms: int | None
+    sha256: str | None
+    health: Mapping[str, str]
+    routes: list[Mapping[str, Any]]
+    ui_pages: list[Mapping[str, Any]]
+    error: str | None
+
+
+@frozen(kw_only=True)
+class PluginChange:
+    """The answer of enable and disable."""
+
+    ok: bool
+    name: str
+    state: str
+    changed: bool
+
+
+class Plugins(Protocol):
+    """The plugin manager: list, enable and disable plugins while the runtime serves."""
+
+    def list(self) -> list[PluginInfo]: ...
+
+    async def enable(self, name: str, *, operator: str) -> PluginChange: ...
+
+    async def disable(self, name: str, *, operator: str) -> PluginChange: ...
+
+
+@frozen(kw_only=True)
+class AuditRecord:
+    """One audit record (http-api §1.8)."""
+
+    id: str
+    timestamp_ms: int
+    operator: str
+    action: str
+    target: str
+    outcome: str
+    detail: str
+
+
+@frozen(kw_only=True)
+class AuditPage:
+    items: list[AuditRecord]
+    next_cursor: str | None
+
+
+class AuditLog(Protocol):
+    """The append-only audit log in the store."""
+
+    async def record(
+        self, *, operator: str, action: str, target: str, outcome: str, detail: str = ""
+    ) -> None: ...
+
+    async def query(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        operator: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        outcome: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+    ) -> AuditPage: ...
