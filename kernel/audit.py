@@ -90,6 +90,25 @@ class SqliteAudit:
         if rows:
             await self._store.write(lambda c: self._insert(c, rows))
 
+    async def _fetch(self, sql: str, params: list[Any]) -> list[sqlite3.Row]:
+        """Read through the store; while it is closed (before start, after a failed start or a
+        shutdown), straight from the file, so the log stays readable in every phase."""
+        if self._store.is_open:
+            return await self._store.fetchall(sql, params)
+        path = self._store.path
+        if path is None:
+            return []
+
+        def read() -> list[sqlite3.Row]:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn.row_factory = sqlite3.Row
+            try:
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(read)
+
     def _insert(self, conn: sqlite3.Connection, rows: list[_Row]) -> None:
         cur = conn.executemany(
             "INSERT INTO audit (id, timestamp_ms, operator, action, target, outcome, detail)"
@@ -141,9 +160,7 @@ class SqliteAudit:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(limit + 1)
-        if not self._store.is_open:
-            return AuditPage(items=[], next_cursor=None)
-        rows = await self._store.fetchall(sql, params)
+        rows = await self._fetch(sql, params)
         items = [AuditRecord(**{k: r[k] for k in r.keys() if k != "seq"}) for r in rows[:limit]]
         more = len(rows) > limit
         return AuditPage(items=items, next_cursor=_encode(rows[limit - 1]["seq"]) if more else None)

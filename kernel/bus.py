@@ -62,6 +62,7 @@ class _Subscriber:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.busy = False
+        self.active = True
 
     def wants(self, event: Event) -> bool:
         spec = self.spec
@@ -173,7 +174,8 @@ class EventBus:
 
     def unsubscribe(self, plugin: str) -> None:
         for sub in self._subs.pop(plugin, []):
-            if sub.task is not None:
+            sub.active = False
+            if sub.task is not None and sub.task is not asyncio.current_task():
                 sub.task.cancel()
 
     @property
@@ -234,17 +236,19 @@ class EventBus:
 
     async def _work(self, sub: _Subscriber) -> None:
         handler = sub.spec.handler
-        while True:
+        while sub.active:
             event = await sub.queue.get()
+            if not sub.active:
+                break
             sub.busy = True
-            timeout = self._config.get("event_bus.handler_timeout_ms") / 1000
             try:
-                if inspect.iscoroutinefunction(handler):
-                    await asyncio.wait_for(handler(event), timeout)
-                else:
-                    result = await asyncio.wait_for(asyncio.to_thread(handler, event), timeout)
-                    if inspect.isawaitable(result):
-                        await asyncio.wait_for(result, timeout)
+                async with asyncio.timeout(self._config.get("event_bus.handler_timeout_ms") / 1000):
+                    if inspect.iscoroutinefunction(handler):
+                        await handler(event)
+                    else:
+                        result = await asyncio.to_thread(handler, event)
+                        if inspect.isawaitable(result):
+                            await result
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - isolated per subscriber

@@ -148,8 +148,10 @@ def _dig(tree: Mapping[str, Any], key: str) -> tuple[bool, Any]:
 def _put(tree: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
     node = tree
-    for part in parents:
+    for depth, part in enumerate(parents, 1):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(parents[:depth])} is not a table")
     if value is None:
         node.pop(last, None)
         _prune_empty(tree, parents)
@@ -283,6 +285,8 @@ class Config:
                 return tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config error: file not found: {path}") from None
+        except OSError as exc:  # a directory, no permission
+            raise ConfigError(f"config error: cannot read {path}: {exc.strerror or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config error: {path}: {exc}") from None
 
@@ -415,6 +419,8 @@ class Config:
 
     @staticmethod
     def _redact(name: str, value: Any) -> Any:
+        if isinstance(value, dict):  # a free-form table: its own secret keys too
+            return {k: Config._redact(f"{name}.{k}", v) for k, v in value.items()}
         return "[REDACTED]" if value and _is_secret(name) else value
 
     # --- changing --------------------------------------------------------------------------
@@ -430,7 +436,10 @@ class Config:
                 raise Invalid(f"unknown config key: {name}")
             if value is not None and (reason := check_value(found[0], value)):
                 raise Invalid(f"invalid value for {name}: {reason}")
-            _put(candidate, name, value)
+            try:
+                _put(candidate, name, value)
+            except ValueError as exc:
+                raise Invalid(f"invalid value for {name}: {exc}") from None
         broken = self._broken_rules(lambda n: self._value(n, candidate, boot=False))
         if broken:
             raise Invalid(f"invalid configuration: {broken[0]}")

@@ -90,12 +90,13 @@ class Hooks:
         result = None
         for fn in self._impls(hook, plugin):
             try:
-                if inspect.iscoroutinefunction(fn):
-                    result = await asyncio.wait_for(_call(fn, kwargs), timeout)
-                else:
-                    result = await asyncio.wait_for(asyncio.to_thread(_call, fn, kwargs), timeout)
-                    if inspect.isawaitable(result):
-                        result = await asyncio.wait_for(result, timeout)
+                async with asyncio.timeout(timeout):
+                    if inspect.iscoroutinefunction(fn):
+                        result = await _call(fn, kwargs)
+                    else:
+                        result = await asyncio.to_thread(_call, fn, kwargs)
+                        if inspect.isawaitable(result):
+                            result = await result
             except TimeoutError:
                 raise self.failed(plugin, hook, f"{hook} timed out after {timeout:g} s") from None
             except Exception as exc:  # noqa: BLE001 - isolated: counted, logged, reported

@@ -105,16 +105,21 @@ class Lifecycle:
                     try:
                         await step()
                     except Exception as exc:
-                        await self._rollback()
-                        reason = f"phase={phase} {exc}"
                         await kernel.audit.record(
-                            operator="system", action="runtime.phase", target="agent", outcome="failed", detail=reason
+                            operator="system", action="runtime.phase", target="agent",
+                            outcome="failed", detail=f"phase={phase} {exc}",
                         )
+                        await self._rollback()
                         raise Failure(f"startup failed in phase {phase}: {exc}") from exc
                     self._set_phase(phase)
         except TimeoutError:
+            phase = self._phase + 1
+            await kernel.audit.record(
+                operator="system", action="runtime.phase", target="agent",
+                outcome="failed", detail=f"phase={phase} timed out",
+            )
             await self._rollback()
-            raise Failure(f"startup failed in phase {self._phase + 1}: timed out") from None
+            raise Failure(f"startup failed in phase {phase}: timed out") from None
         finally:
             self._start_task = None
         self._status = "ready"

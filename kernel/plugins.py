@@ -360,6 +360,7 @@ class PluginManager:
         rec.failures += 1
         limit = self._kernel.config.get("plugins.quarantine_after_failures")
         if rec.failures >= limit and rec.state == "running" and not rec.essential:
+            self._kernel.bus.unsubscribe(rec.name)  # no further deliveries, from this moment
             asyncio.get_running_loop().create_task(self._quarantine(rec, hook))
 
     def note_success(self, plugin: str) -> None:
@@ -373,13 +374,13 @@ class PluginManager:
             log.error("plugin %s quarantined after %d failures in a row (last: %s)", rec.name, rec.failures, hook)
             await self._stop(rec)
             self._unload(rec)
-            rec.enabled, rec.unstable = False, True
-            rec.error = f"quarantined after {rec.failures} failures in a row (last: {hook})"
-            await self._persist(rec)
+            error = f"quarantined after {rec.failures} failures in a row (last: {hook})"
+            await self._persist(rec, enabled=False, unstable=True)
             await self._kernel.audit.record(
                 operator="system", action="plugin.quarantine", target=f"plugin:{rec.name}",
-                outcome="quarantined", detail=rec.error,
+                outcome="quarantined", detail=error,
             )
+            rec.enabled, rec.unstable, rec.error = False, True, error
             await self._kernel.publish_system("plugin:quarantined", {"name": rec.name, "version": rec.version}, source="plugin-manager")
 
     # --- the service (http-api §7) ---------------------------------------------------------
@@ -404,8 +405,8 @@ class PluginManager:
                 await self._start(rec)
             except HookFailed as exc:
                 raise Unrecoverable(f"plugin failed to start: {exc.reason}") from None
+            await self._persist(rec, enabled=True)
             rec.enabled, rec.unstable = True, False
-            await self._persist(rec)
             self.on_routes_changed()
         await self._kernel.publish_system("plugin:enabled", {"name": name, "version": rec.version}, source="plugin-manager")
         return PluginChange(ok=True, name=name, state="running", changed=True)
@@ -419,17 +420,17 @@ class PluginManager:
                 return PluginChange(ok=True, name=name, state=rec.state, changed=False)
             await self._stop(rec)
             self._unload(rec)
+            await self._persist(rec, enabled=False)
             rec.enabled = False
-            await self._persist(rec)
         await self._kernel.publish_system("plugin:disabled", {"name": name, "version": rec.version}, source="plugin-manager")
         return PluginChange(ok=True, name=name, state="disabled", changed=True)
 
-    async def _persist(self, rec: Plugin) -> None:
+    async def _persist(self, rec: Plugin, *, enabled: bool, unstable: bool = False) -> None:
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO plugin_state (name, enabled, unstable) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, unstable = excluded.unstable",
-                (rec.name, int(rec.enabled), int(rec.unstable)),
+                (rec.name, int(enabled), int(unstable)),
             )
 
         await self._kernel.store.write(save)

@@ -199,22 +199,18 @@ class Router:
 
     async def _call(self, ep: Endpoint, args: dict[str, Any]) -> Response:
         handler, plugin = ep.route.handler, ep.plugin
+        timeout = None if plugin.builtin else self._kernel.config.get("plugins.route_timeout_sec")
         try:
-            if inspect.iscoroutinefunction(handler):
-                call = handler(**args)
-            else:
-                call = asyncio.to_thread(handler, **args)
-            if plugin.builtin:
-                result = await call
-            else:
-                timeout = self._kernel.config.get("plugins.route_timeout_sec")
-                result = await asyncio.wait_for(call, timeout)
-                if inspect.isawaitable(result):
-                    result = await asyncio.wait_for(result, timeout)
+            async with asyncio.timeout(timeout):
+                if inspect.iscoroutinefunction(handler):
+                    result = await handler(**args)
+                else:
+                    result = await asyncio.to_thread(handler, **args)
+                    if inspect.isawaitable(result):
+                        result = await result
         except SdkError:
             raise
         except TimeoutError:
-            timeout = self._kernel.config.get("plugins.route_timeout_sec")
             raise _PluginFailure(f"plugin {plugin.name} did not answer within {timeout} s") from None
         except Exception as exc:
             if plugin.builtin:

@@ -77,15 +77,17 @@ class SqliteStore:
         self._writer: threading.Thread | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
+        self._closing = False
         self.commits = 0
 
     @property
     def is_open(self) -> bool:
-        return self._writer is not None
+        return self._writer is not None and not self._closing
 
     async def open(self, path: Path, *, synchronous: str = "full") -> None:
         """Open (or create) the database; ``synchronous`` is ``full`` or ``normal``."""
         self.path = path
+        self._closing = False
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         conn = _connect(path, synchronous)
         conn.executescript(_KERNEL_SCHEMA)
@@ -96,8 +98,9 @@ class SqliteStore:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aman-store-reader")
 
     async def close(self) -> None:
-        if self._writer is None:
+        if self._writer is None or self._closing:
             return
+        self._closing = True  # from now on writes are refused: none can queue behind the stop
         self._jobs.put(None)
         await asyncio.to_thread(self._writer.join)
         self._writer = None
@@ -109,7 +112,7 @@ class SqliteStore:
     # --- writes ----------------------------------------------------------------------------
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._writer is None:
+        if self._writer is None or self._closing:
             raise Unavailable("storage is not open")
         job = _Job(fn, asyncio.get_running_loop())
         self._jobs.put(job)
@@ -213,11 +216,13 @@ class SqliteStore:
 def _statements(script: str) -> list[str]:
     """Split a migration script into complete statements (executescript would commit)."""
     out, buf = [], ""
-    for line in script.splitlines(keepends=True):
-        buf += line
+    *pieces, rest = script.split(";")  # a ';' in a string, comment or trigger body is no end
+    for piece in pieces:
+        buf += piece + ";"
         if sqlite3.complete_statement(buf):
             out.append(buf.strip())
             buf = ""
+    buf += rest
     if buf.strip():
         out.append(buf.strip())
     return out

@@ -1,0 +1,100 @@
+"""A pytest plugin for plugin authors (registered as the ``pytest11`` entry point ``aman``).
+
+Fixtures:
+
+- ``aman_plugins``: the plugins under test; override it in your ``conftest.py``.
+- ``aman_settings``: configuration for the test kernel, by dotted key; override it too.
+- ``make_kernel``: a factory ``make_kernel(*plugins, settings={...}, env={...})`` for a kernel with
+  the built-ins plus ``plugins``, its runtime directory under ``tmp_path``.
+- ``kernel``: ``make_kernel(*aman_plugins, settings=aman_settings)``.
+- ``client``: a started, ready app of ``kernel`` and its Quart test client, stopped after the
+  test (``resp = await client.get("/api/v1/hello/ping")``).
+
+Example::
+
+    @pytest.fixture
+    def aman_plugins():
+        return [hello_plugin]
+
+    async def test_ping(client):
+        resp = await client.get("/api/v1/hello/ping")
+        assert resp.status_code == 200
+
+This module is the one place of the SDK that reaches the runtime, and only inside the fixtures:
+importing ``sdk`` never loads the kernel.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - without pytest-asyncio only the sync fixtures exist
+    pytest_asyncio = None
+
+__all__ = ["aman_plugins", "aman_settings", "make_kernel"]
+
+
+@pytest.fixture
+def aman_plugins() -> list[object]:
+    """The plugins under test (none by default)."""
+    return []
+
+
+@pytest.fixture
+def aman_settings() -> dict[str, Any]:
+    """Settings of the test kernel, by dotted key (``{"http.token": "secret"}``)."""
+    return {}
+
+
+@pytest.fixture
+def make_kernel(tmp_path: Path) -> Callable[..., Any]:
+    """Build kernels whose runtime directory lives under ``tmp_path``; the environment is
+    ignored, so the host's ``AMAN_*`` variables never leak into a test."""
+    app_module = importlib.import_module("kernel.app")
+
+    def make(
+        *plugins: object,
+        settings: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        config_path: Path | None = None,
+        runtime_dir: Path | None = None,
+        disabled: tuple[str, ...] = (),
+    ) -> Any:
+        config = importlib.import_module("kernel.config").Config(
+            config_path,
+            cli={"runtime.dir": str(runtime_dir or tmp_path / "runtime"), **(settings or {})},
+            env=env or {},
+            cwd=tmp_path,
+        )
+        return app_module.create_kernel(plugins, config=config, disabled=disabled)
+
+    return make
+
+
+@pytest.fixture
+def kernel(make_kernel: Callable[..., Any], aman_plugins: list[object], aman_settings: dict[str, Any]) -> Any:
+    return make_kernel(*aman_plugins, settings=aman_settings)
+
+
+async def serve(kernel: Any) -> AsyncIterator[Any]:
+    """Serve ``kernel`` in-process until the runtime is ready; yield its test client."""
+    app = importlib.import_module("kernel.app").create_app(kernel)
+    async with app.test_app():
+        if kernel.boot_task is not None:
+            await kernel.boot_task
+        yield app.test_client()
+
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture(name="client")
+    async def _client(kernel: Any) -> AsyncIterator[Any]:
+        async for test_client in serve(kernel):
+            yield test_client
