@@ -1,0 +1,111 @@
+"""Contract meta-tests: the SDK, the docs and the built-ins keep their promises."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+import sdk.hookspecs
+from kernel.app import create_kernel
+from kernel.config import Config
+from kernel.hooks import hook_names, new_manager
+from kernel.plugins import BUILTINS
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = hook_names()
+
+
+def signature(name: str) -> str:
+    params = inspect.signature(getattr(sdk.hookspecs, name)).parameters
+    return f"{name}({', '.join(params)})"
+
+
+def test_every_hook_is_documented_with_its_signature():
+    docs = (ROOT / "docs" / "hooks.md").read_text()
+    titles = re.findall(r"^## `(.+)`$", docs, flags=re.M)
+    assert titles == [signature(name) for name in HOOKS]
+
+
+def test_every_hookspec_has_a_docstring_with_versionadded():
+    for name in HOOKS:
+        doc = inspect.getdoc(getattr(sdk.hookspecs, name)) or ""
+        assert ":param ctx:" in doc and "versionadded" in doc, name
+
+
+def test_every_hook_has_a_test():
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
+    missing = [name for name in HOOKS if f"def test_hook_{name}(" not in sources]
+    assert missing == []
+
+
+def _imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "builtin_plugins").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_builtins_import_only_the_sdk(path):
+    assert not _imports(path) & {"kernel", "builtin_plugins"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sdk").rglob("*.py")), ids=lambda p: p.name)
+def test_sdk_never_imports_the_kernel(path):
+    assert "kernel" not in _imports(path)
+    if path.name == "testing.py":  # it reaches the kernel only inside fixtures, by name
+        assert "kernel" not in path.read_text().split("__all__")[0].split('"""', 2)[2]
+
+
+@pytest.mark.parametrize("name,module", BUILTINS)
+def test_each_builtin_loads_alone_and_passes_check_pending(name, module):
+    import importlib
+
+    pm = new_manager()
+    pm.register(importlib.import_module(module), name=name)
+    pm.check_pending()
+
+
+def test_builtins_compose(tmp_path):
+    create_kernel(config=Config(cli={"runtime.dir": str(tmp_path)}, env={}, cwd=tmp_path))
+
+
+# The endpoints of http-api Appendix A that exist so far: method, path, public, confirm,
+# availability, audit action. The table is the spec's; the test reads the live route table.
+ENDPOINTS = [
+    ("GET", "/health/live", True, False, "always", None),
+    ("GET", "/health/ready", True, False, "always", None),
+    ("GET", "/health", True, False, "always", None),
+    ("POST", "/agent/start", False, False, "always", "agent.start"),
+    ("POST", "/agent/shutdown", False, True, "always", "agent.shutdown"),
+    ("GET", "/runtime/status", False, False, "always", None),
+    ("GET", "/runtime/config", False, False, "always", None),
+    ("GET", "/plugins", False, False, "ready", None),
+    ("POST", "/plugin/{name}/enable", False, False, "ready", "plugin.enable"),
+    ("POST", "/plugin/{name}/disable", False, True, "ready", "plugin.disable"),
+    ("POST", "/config/set", False, True, "ready", "config.set"),
+    ("GET", "/config", False, False, "ready", None),
+    ("GET", "/audit-log", False, False, "always", None),
+    ("GET", "/debug/metrics", False, False, "always", None),
+    ("GET", "/metrics", True, False, "always", None),
+]
+
+
+def test_routes_match_the_endpoint_index(tmp_path):
+    kernel = create_kernel(config=Config(cli={"runtime.dir": str(tmp_path)}, env={}, cwd=tmp_path))
+    served = {
+        (ep.route.method, ep.path): (ep.public, ep.route.confirm, ep.route.availability, ep.route.audit)
+        for ep in kernel.router.endpoints()
+    }
+    for method, path, public, confirm, availability, audit in ENDPOINTS:
+        assert served.pop((method, path)) == (public, confirm, availability, audit), (method, path)
+    assert served == {}, "a route that the index does not list"

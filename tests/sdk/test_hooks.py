@@ -1,0 +1,160 @@
+"""One test per hook of SDK API "1": each hook does what ``docs/hooks.md`` says.
+
+``tests/contract/test_contract.py`` fails when a hookspec has no ``test_hook_<name>`` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import Gauge
+
+from sdk import ConfigKey, EventHandler, Health, Migration, Route, hookimpl
+
+CONFIRM = {"x-aman-confirm": "yes"}
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+class Recorder:
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+
+async def test_hook_on_startup(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        async def on_startup(self, ctx) -> None:
+            self.calls.append(("on_startup", (ctx.name, ctx.lifecycle.phase, ctx.data_dir.is_dir())))
+
+    plugin = P()
+    await serve_kernel(make_kernel(plugin))
+    assert plugin.calls == [("on_startup", ("recorder", 1, True))]  # during phase 2, data dir ready
+
+
+async def test_hook_on_shutdown(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        def on_shutdown(self, ctx) -> None:  # a sync implementation runs in a worker thread
+            self.calls.append(("on_shutdown", ctx.lifecycle.status))
+
+    plugin = P()
+    kernel = make_kernel(plugin)
+    await serve_kernel(kernel)
+    await kernel.lifecycle.shutdown()
+    assert plugin.calls == [("on_shutdown", "draining")]
+
+
+async def test_hook_health_check(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        def health_check(self) -> Health:
+            return Health(status="degraded", detail="warming up")
+
+    client = await serve_kernel(make_kernel(P()))
+    items = (await (await client.get("/plugins")).get_json())["items"]
+    assert next(p for p in items if p["name"] == "recorder")["health"] == {"status": "degraded", "detail": "warming up"}
+
+
+async def test_hook_register_routes(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        def register_routes(self, ctx) -> list[Route]:
+            return [Route(method="GET", path="/items/{item_id}", handler=self.item)]
+
+        async def item(self, ctx, item_id: str) -> dict[str, str]:
+            return {"plugin": ctx.name, "item": item_id}
+
+    client = await serve_kernel(make_kernel(P()))
+    resp = await client.get("/api/v1/recorder/items/42")
+    assert await resp.get_json() == {"plugin": "recorder", "item": "42"}
+
+
+async def test_hook_register_event_handlers(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        def register_event_handlers(self) -> list[EventHandler]:
+            return [
+                EventHandler(name="orders", handler=self.order, event_types=("order.created",), payload={"vip": True}),
+            ]
+
+        async def order(self, event) -> None:
+            self.calls.append(("order", event.payload["id"]))
+
+    plugin = P()
+    kernel = make_kernel(plugin)
+    await serve_kernel(kernel)
+    await kernel.bus.publish("order.created", {"id": 1, "vip": False})
+    await kernel.bus.publish("order.shipped", {"id": 2, "vip": True})
+    await kernel.bus.publish("order.created", {"id": 3, "vip": True})
+    await wait_for(lambda: plugin.calls == [("order", 3)])
+    await kernel.bus.drain(1)
+    assert plugin.calls == [("order", 3)]
+
+
+async def test_hook_register_config(make_kernel, tmp_path):
+    class P(Recorder):
+        @hookimpl
+        def register_config(self) -> list[ConfigKey]:
+            return [ConfigKey(name="recorder.depth", type=int, default=3, minimum=1, maximum=9)]
+
+    path = tmp_path / "aman.toml"
+    path.write_text("[recorder]\ndepth = 5\n")
+    assert make_kernel(P(), config_path=path).config.get("recorder.depth") == 5
+    path.write_text("[recorder]\ndepth = 50\n")
+    try:
+        make_kernel(P(), config_path=path)
+    except Exception as exc:  # noqa: BLE001
+        assert "config error: invalid value for 'recorder.depth': must be between 1 and 9" in str(exc)
+    else:
+        raise AssertionError("an out-of-range value of a plugin key must fail validation")
+
+
+async def test_hook_register_migrations(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        def register_migrations(self) -> list[Migration]:
+            return [Migration(version=1, sql="CREATE TABLE recorder_items (id INTEGER PRIMARY KEY);")]
+
+        @hookimpl
+        async def on_startup(self, ctx) -> None:
+            await ctx.store.execute("INSERT INTO recorder_items DEFAULT VALUES")
+
+    first = make_kernel(P())
+    await serve_kernel(first)
+    await first.lifecycle.shutdown()
+    second = make_kernel(P())
+    await serve_kernel(second)  # the migration is not applied twice
+    rows = await second.store.fetchall("SELECT count(*) FROM recorder_items")
+    assert rows[0][0] == 2
+
+
+async def test_hook_register_metrics(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        def register_metrics(self, registry) -> None:
+            Gauge("aman_recorder_depth", "Depth.", registry=registry).set(7)
+
+    client = await serve_kernel(make_kernel(P()))
+    assert b"aman_recorder_depth 7.0" in await (await client.get("/metrics")).get_data()
+
+
+async def test_hook_on_config_changed(make_kernel, serve_kernel):
+    class P(Recorder):
+        @hookimpl
+        async def on_config_changed(self, ctx, changes) -> None:
+            self.calls.append(("changed", dict(changes), dict(ctx.config)))
+
+    plugin = P()
+    client = await serve_kernel(make_kernel(plugin))
+    await client.post("/config/set", json={"changes": {"plugin.recorder.level": 2}}, headers=CONFIRM)
+    await client.post("/config/set", json={"changes": {"http.max_body_bytes": 4096}}, headers=CONFIRM)
+    assert plugin.calls == [("changed", {"plugin.recorder.level": 2}, {"level": 2})]
