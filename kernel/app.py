@@ -9,6 +9,7 @@ The kernel's responsibilities, each in its own module: the plugin manager and it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -110,7 +111,9 @@ class Kernel:
 
     async def open_storage(self) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        await self.store.open(self.runtime_dir / "aman.db", synchronous=self.config.get("storage.synchronous"))
+        await self.store.open(
+            self.runtime_dir / "aman.db", synchronous=self.config.get("storage.synchronous")
+        )
         await self.store.migrate("kernel.audit", audit_module.MIGRATIONS)
         await self.store.migrate("kernel.plugins", plugins_module.MIGRATIONS)
         await self.store.migrate("kernel.config", _CONFIG_LOG)
@@ -139,7 +142,10 @@ class Kernel:
             conn.executemany(
                 "INSERT INTO config_log (timestamp_ms, operator, key, old_value, new_value)"
                 " VALUES (?, ?, ?, ?, ?)",
-                [(ts, operator, k, shown(k, old), shown(k, new)) for k, (old, new) in sorted(values.items())],
+                [
+                    (ts, operator, k, shown(k, old), shown(k, new))
+                    for k, (old, new) in sorted(values.items())
+                ],
             )
 
         await self.store.write(save)
@@ -160,13 +166,15 @@ class Kernel:
         for owner, changes in owners.items():
             rec = self.plugins.records[owner]
             if rec.state == "running":
-                try:
+                # A failure is counted and logged by the facade; the change stays applied.
+                with contextlib.suppress(HookFailed):
                     await self.plugins.hooks.call(
-                        "on_config_changed", owner, ctx=rec.ctx, changes=changes,
+                        "on_config_changed",
+                        owner,
+                        ctx=rec.ctx,
+                        changes=changes,
                         timeout=self.config.get("plugins.load_timeout_sec"),
                     )
-                except HookFailed:
-                    pass  # counted and logged by the facade; the change stays applied
 
 
 def create_kernel(

@@ -161,6 +161,7 @@ class SqliteAudit:
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(limit + 1)
         rows = await self._fetch(sql, params)
-        items = [AuditRecord(**{k: r[k] for k in r.keys() if k != "seq"}) for r in rows[:limit]]
+        fields = [k for k in rows[0].keys() if k != "seq"] if rows else []  # noqa: SIM118 - a Row
+        items = [AuditRecord(**{k: r[k] for k in fields}) for r in rows[:limit]]
         more = len(rows) > limit
         return AuditPage(items=items, next_cursor=_encode(rows[limit - 1]["seq"]) if more else None)

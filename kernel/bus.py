@@ -94,7 +94,9 @@ class EventBus:
         self.on_success: Callable[[str], None] = lambda plugin: None
         self.accepted = 0
         self.delivery_failures = 0
-        self._accepted = Counter("event_throughput", "Events accepted by the bus.", registry=registry)
+        self._accepted = Counter(
+            "event_throughput", "Events accepted by the bus.", registry=registry
+        )
         self._failures = Counter(
             "event_delivery_failures",
             "Failed delivery attempts.",
@@ -134,7 +136,9 @@ class EventBus:
             timestamp=created,
             priority=priority,
             delivery=delivery,
-            dedup_key=dedup_key if dedup_key is not None or delivery not in _GUARANTEED else event_id,
+            dedup_key=dedup_key
+            if dedup_key is not None or delivery not in _GUARANTEED
+            else event_id,
             trust_level=trust_level,  # type: ignore[arg-type]
             payload=payload,
             metadata=EventMetadata(
@@ -158,7 +162,9 @@ class EventBus:
 
     # --- subscribers -----------------------------------------------------------------------
 
-    def subscribe(self, plugin: str, handlers: Iterable[EventHandler], *, builtin: bool = False) -> None:
+    def subscribe(
+        self, plugin: str, handlers: Iterable[EventHandler], *, builtin: bool = False
+    ) -> None:
         handlers = list(handlers)
         subs = []
         for spec in handlers:
@@ -167,7 +173,9 @@ class EventBus:
             else:
                 name = f"plugin:{plugin}" if len(handlers) == 1 else f"plugin:{plugin}/{spec.name}"
             sub = _Subscriber(name, plugin, spec)
-            sub.task = asyncio.get_running_loop().create_task(self._work(sub), name=f"aman-sub-{name}")
+            sub.task = asyncio.get_running_loop().create_task(
+                self._work(sub), name=f"aman-sub-{name}"
+            )
             subs.append(sub)
         if subs:
             self._subs[plugin] = subs
@@ -251,7 +259,7 @@ class EventBus:
                             await result
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - isolated per subscriber
+            except Exception as exc:
                 self._failures.labels(subscriber=sub.name).inc()
                 self.delivery_failures += 1
                 log.error("subscriber %s failed on event %s: %r", sub.name, event.id, exc)
@@ -281,7 +289,9 @@ class _BusCollector(Collector):
         for priority, queue in self._bus._queues.items():
             depth.add_metric([priority], len(queue))
         yield depth
-        yield GaugeMetricFamily("subscription_count", "Subscribers.", value=self._bus.subscription_count)
+        yield GaugeMetricFamily(
+            "subscription_count", "Subscribers.", value=self._bus.subscription_count
+        )
 
 
 class PluginBus:

@@ -27,7 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aman", description="aman: an event-driven agent runtime")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server in the foreground")
-    serve.add_argument("--config", type=Path, help="aman.toml to read (default: ./aman.toml if present)")
+    serve.add_argument(
+        "--config", type=Path, help="aman.toml to read (default: ./aman.toml if present)"
+    )
     serve.add_argument("--bind", help="HOST:PORT to listen on (http.bind)")
     serve.add_argument("--token", help="API token (http.token)")
     serve.add_argument("--runtime-dir", help="runtime directory (runtime.dir)")
@@ -48,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     overrides = {
         key: value
-        for key, value in (("http.bind", args.bind), ("http.token", args.token), ("runtime.dir", args.runtime_dir))
+        for key, value in (
+            ("http.bind", args.bind),
+            ("http.token", args.token),
+            ("runtime.dir", args.runtime_dir),
+        )
         if value is not None
     }
     try:
@@ -58,7 +64,9 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     lock = RuntimeLock(kernel.runtime_dir)
     if not lock.acquire():
-        print(f"runtime dir {kernel.runtime_dir} is in use by another aman process", file=sys.stderr)
+        print(
+            f"runtime dir {kernel.runtime_dir} is in use by another aman process", file=sys.stderr
+        )
         return 2
     try:
         return asyncio.run(_serve(create_app(kernel), kernel))
@@ -97,7 +105,7 @@ async def _serve(app: KernelApp, kernel: Kernel) -> int:
         if kernel.boot_task is not None:
             try:
                 await kernel.boot_task
-            except Exception as exc:  # noqa: BLE001 - start-up failed: exit 1
+            except Exception as exc:
                 log.error("%s", exc)
                 exit_code = 1
                 await kernel.lifecycle.shutdown()
@@ -110,7 +118,7 @@ async def _serve(app: KernelApp, kernel: Kernel) -> int:
     watcher = loop.create_task(watch())
     log.info("aman %s listening on http://%s", kernel.version, bind)
     try:
-        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
     except OSError as exc:
         print(f"cannot listen on {bind}: {exc}", file=sys.stderr)
         return 1

@@ -33,7 +33,9 @@ KERNEL_KEYS: list[ConfigKey] = [
     _K(name="http.max_sse_clients", type=int, default=256, minimum=1, maximum=10_000),
     _K(name="runtime.dir", type=Path, default="~/.aman", restart=True, env="AMAN_RUNTIME_DIR"),
     _K(name="runtime.autostart", type=bool, default=True, restart=True),
-    _K(name="runtime.start_timeout_sec", type=int, default=30, restart=True, minimum=1, maximum=600),
+    _K(
+        name="runtime.start_timeout_sec", type=int, default=30, restart=True, minimum=1, maximum=600
+    ),
     _K(
         name="runtime.drain_timeout_sec",
         type=int,
@@ -42,7 +44,13 @@ KERNEL_KEYS: list[ConfigKey] = [
         maximum=600,
         env="AMAN_RUNTIME_DRAIN_TIMEOUT_SEC",
     ),
-    _K(name="storage.synchronous", type=str, default="full", restart=True, choices=("full", "normal")),
+    _K(
+        name="storage.synchronous",
+        type=str,
+        default="full",
+        restart=True,
+        choices=("full", "normal"),
+    ),
     _K(
         name="event_bus.mode",
         type=str,
@@ -60,7 +68,13 @@ KERNEL_KEYS: list[ConfigKey] = [
         env="AMAN_EVENT_BUS_MAX_QUEUE_SIZE",
     ),
     _K(name="event_bus.dedup_window_ms", type=int, default=30_000, minimum=0, maximum=86_400_000),
-    _K(name="event_bus.handler_timeout_ms", type=int, default=30_000, minimum=100, maximum=3_600_000),
+    _K(
+        name="event_bus.handler_timeout_ms",
+        type=int,
+        default=30_000,
+        minimum=100,
+        maximum=3_600_000,
+    ),
     _K(name="event_bus.retry_max_attempts", type=int, default=5, minimum=1, maximum=20),
     _K(
         name="event_bus.retry_backoff_ms",
@@ -71,7 +85,13 @@ KERNEL_KEYS: list[ConfigKey] = [
         length=(1, 20),
     ),
     _K(name="event_bus.retry_queue_max", type=int, default=1000, minimum=1, maximum=1_000_000),
-    _K(name="event_bus.overflow_max_events", type=int, default=100_000, minimum=0, maximum=10_000_000),
+    _K(
+        name="event_bus.overflow_max_events",
+        type=int,
+        default=100_000,
+        minimum=0,
+        maximum=10_000_000,
+    ),
     _K(name="event_bus.dead_letter_expired", type=bool, default=False),
     _K(
         name="event_bus.event_store_max_events",
@@ -87,7 +107,13 @@ KERNEL_KEYS: list[ConfigKey] = [
         env="AMAN_DEBUG_FORCE_ENABLE_DEBUG_ENDPOINTS",
     ),
     _K(name="plugins.dir", type=Path, default="plugins", restart=True),
-    _K(name="plugins.max_archive_bytes", type=int, default=16 * MiB, minimum=1024, maximum=1024 * MiB),
+    _K(
+        name="plugins.max_archive_bytes",
+        type=int,
+        default=16 * MiB,
+        minimum=1024,
+        maximum=1024 * MiB,
+    ),
     _K(name="plugins.max_members", type=int, default=2000, minimum=1, maximum=100_000),
     _K(name="plugins.max_unpacked_bytes", type=int, default=64 * MiB, minimum=1024, maximum=2**40),
     _K(name="plugins.max_member_bytes", type=int, default=16 * MiB, minimum=1024, maximum=2**40),
@@ -197,6 +223,8 @@ def check_value(key: ConfigKey, value: Any) -> str | None:
             return f"must be an array of {'integers' if item is int else 'strings'}"
         if key.length and not key.length[0] <= len(value) <= key.length[1]:
             return f"must have {key.length[0]} to {key.length[1]} elements"
+        if item is str:
+            return None
         return next((r for r in (_range(key, v) for v in value) if r), None)
     return None
 
@@ -206,6 +234,10 @@ def _range(key: ConfigKey, value: float) -> str | None:
     high = key.maximum if key.maximum is not None else float("inf")
     if low <= value <= high:
         return None
+    if key.minimum is None:
+        return f"must be at most {key.maximum}"
+    if key.maximum is None:
+        return f"must be at least {key.minimum}"
     return f"must be between {key.minimum} and {key.maximum}"
 
 
@@ -409,7 +441,7 @@ class Config:
 
     def effective_tree(self, *, redact: bool = True) -> dict[str, Any]:
         tree: dict[str, Any] = {}
-        for name, (key, _owner) in sorted(self._keys.items()):
+        for name in sorted(self._keys):
             if "*" not in name:
                 _put(tree, name, self._redact(name, self.get(name)) if redact else self.get(name))
         for name, value in self._leaves(self._file):
@@ -453,7 +485,6 @@ class Config:
         if self.on_change is not None:
             await self.on_change(result, values, operator)
         return result
-
 
     def _effect(self, name: str) -> str:
         if name in self._cli or name in self._env:

@@ -65,7 +65,10 @@ def _make() -> JsonConverter:
             raise _BadChoice(value, choices)
         return value
 
-    conv.register_structure_hook_func(lambda t: get_origin(t) is Literal, literal_hook)
+    conv.register_structure_hook_func(
+        lambda t: get_origin(t) is Literal,  # type: ignore[comparison-overlap]
+        literal_hook,
+    )
 
     def dict_hook(value: Any, type_: Any) -> Any:
         if not isinstance(value, dict):
@@ -73,10 +76,12 @@ def _make() -> JsonConverter:
         return value
 
     conv.register_structure_hook_func(
-        lambda t: t in (dict, Mapping) or get_origin(t) in (dict, Mapping), dict_hook
+        lambda t: t in (dict, Mapping) or get_origin(t) in (dict, Mapping),  # type: ignore[comparison-overlap]
+        dict_hook,
     )
+
     def attrs_factory(cls: type) -> typing.Callable[[Any, Any], Any]:
-        inner = make_dict_structure_fn(cls, conv)
+        inner: typing.Callable[[Any, Any], Any] = make_dict_structure_fn(cls, conv)
 
         def structure(value: Any, type_: Any) -> Any:
             if not isinstance(value, dict):

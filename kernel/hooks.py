@@ -51,7 +51,7 @@ def declared(obj: object, hook: str) -> Callable[..., Any] | None:
         fn = getattr(obj, name, None)
         opts = getattr(fn, "aman_impl", None)
         if opts is not None and (opts.get("specname") or name) == hook:
-            return fn  # type: ignore[no-any-return]
+            return fn
     return None
 
 
@@ -70,13 +70,19 @@ class Hooks:
         caller = getattr(self.pm.hook, hook)
         return [i.function for i in caller.get_hookimpls() if i.plugin_name == plugin]
 
-    def collect(self, hook: str, plugin: str, obj: object | None = None, **kwargs: Any) -> list[Any]:
+    def collect(
+        self, hook: str, plugin: str, obj: object | None = None, **kwargs: Any
+    ) -> list[Any]:
         """The flattened results of one plugin's ``register_*`` implementation.
 
         With ``obj`` the implementation is taken from the object even when it is not registered
         (the declarations of a disabled built-in). Errors propagate: they fail the load.
         """
-        impls = [f for f in [declared(obj, hook)] if f] if obj is not None else self._impls(hook, plugin)
+        impls = (
+            [f for f in [declared(obj, hook)] if f]
+            if obj is not None
+            else self._impls(hook, plugin)
+        )
         out: list[Any] = []
         for fn in impls:
             result = _call(fn, kwargs)
@@ -99,7 +105,7 @@ class Hooks:
                             result = await result
             except TimeoutError:
                 raise self.failed(plugin, hook, f"{hook} timed out after {timeout:g} s") from None
-            except Exception as exc:  # noqa: BLE001 - isolated: counted, logged, reported
+            except Exception as exc:
                 raise self.failed(plugin, hook, f"{type(exc).__name__}: {exc}", exc) from None
         return result
 

@@ -85,13 +85,17 @@ class Lifecycle:
         if self._status in ("draining", "stopped"):
             raise Conflict("invalid state transition: runtime is shutting down")
         if self._start_task is None:
-            self._start_task = asyncio.get_running_loop().create_task(self._start(), name="aman-start")
+            self._start_task = asyncio.get_running_loop().create_task(
+                self._start(), name="aman-start"
+            )
         task = self._start_task
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if task.cancelled():
-                raise Conflict("invalid state transition: startup interrupted by shutdown") from None
+                raise Conflict(
+                    "invalid state transition: startup interrupted by shutdown"
+                ) from None
             raise
 
     async def _start(self) -> None:
@@ -106,8 +110,11 @@ class Lifecycle:
                         await step()
                     except Exception as exc:
                         await kernel.audit.record(
-                            operator="system", action="runtime.phase", target="agent",
-                            outcome="failed", detail=f"phase={phase} {exc}",
+                            operator="system",
+                            action="runtime.phase",
+                            target="agent",
+                            outcome="failed",
+                            detail=f"phase={phase} {exc}",
                         )
                         await self._rollback()
                         raise Failure(f"startup failed in phase {phase}: {exc}") from exc
@@ -115,8 +122,11 @@ class Lifecycle:
         except TimeoutError:
             phase = self._phase + 1
             await kernel.audit.record(
-                operator="system", action="runtime.phase", target="agent",
-                outcome="failed", detail=f"phase={phase} timed out",
+                operator="system",
+                action="runtime.phase",
+                target="agent",
+                outcome="failed",
+                detail=f"phase={phase} timed out",
             )
             await self._rollback()
             raise Failure(f"startup failed in phase {phase}: timed out") from None
@@ -144,7 +154,9 @@ class Lifecycle:
         if self._status == "stopped":
             return
         if self._shutdown_task is None:
-            self._shutdown_task = asyncio.get_running_loop().create_task(self._shutdown(), name="aman-shutdown")
+            self._shutdown_task = asyncio.get_running_loop().create_task(
+                self._shutdown(), name="aman-shutdown"
+            )
         await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self) -> None:
@@ -159,7 +171,9 @@ class Lifecycle:
             return
         self._status = "draining"
         self._kernel.metrics.ready.set(0)
-        await self._step(0, kernel.publish_system("gateway:stopping", {"phase": self._phase}, source="gateway"))
+        await self._step(
+            0, kernel.publish_system("gateway:stopping", {"phase": self._phase}, source="gateway")
+        )
         # 5 → 4 → 3: stop taking work; let the bus drain.
         drain = kernel.config.get("runtime.drain_timeout_sec")
         await self._step(4, kernel.bus.drain(drain, give_up=lambda: self.fast))
@@ -175,15 +189,17 @@ class Lifecycle:
         log.info("runtime stopped")
         self.stopped.set()
 
-
     async def _step(self, phase: int, work: Awaitable[object]) -> None:
         """One shutdown step: a failure is logged and audited, and the shutdown goes on."""
         try:
             await work
-        except Exception as exc:  # noqa: BLE001 - the runtime must always reach "stopped"
+        except Exception as exc:
             log.exception("shutdown step failed in phase %d", phase)
             await self._kernel.audit.record(
-                operator="system", action="runtime.phase", target="agent", outcome="failed",
+                operator="system",
+                action="runtime.phase",
+                target="agent",
+                outcome="failed",
                 detail=f"phase={phase} {exc}",
             )
 

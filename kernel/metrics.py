@@ -20,7 +20,10 @@ class KernelMetrics:
         )
         self.auth_failures = Counter("http_auth_failures", "401 answers.", registry=r)
         self.hook_errors = Counter(
-            "plugin_hook_errors", "Hook calls that raised or timed out.", ["plugin", "hook"], registry=r
+            "plugin_hook_errors",
+            "Hook calls that raised or timed out.",
+            ["plugin", "hook"],
+            registry=r,
         )
         self.phase = Gauge("runtime_phase", "Runtime phase, 0..5.", registry=r)
         self.ready = Gauge("runtime_ready", "1 when the runtime is ready.", registry=r)

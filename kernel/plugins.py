@@ -170,7 +170,9 @@ class PluginManager:
     def load_builtins(self, disabled: Iterable[str] = ()) -> None:
         disabled = set(disabled)
         if refused := disabled & ESSENTIAL:
-            raise sdk.ConfigError(f"essential plugins cannot be disabled: {', '.join(sorted(refused))}")
+            raise sdk.ConfigError(
+                f"essential plugins cannot be disabled: {', '.join(sorted(refused))}"
+            )
         for name, module in BUILTINS:
             try:
                 obj = importlib.import_module(module)
@@ -192,9 +194,11 @@ class PluginManager:
                     obj,
                     source="entry_point",
                     version=dist.version if dist else None,
-                    description=(dist.metadata.get("Summary") or "") if dist else "",
+                    description=dist.metadata["Summary"]
+                    if dist and "Summary" in dist.metadata
+                    else "",
                 )
-            except Exception as exc:  # noqa: BLE001 - a bad third-party plugin is reported, not fatal
+            except Exception as exc:
                 log.error("plugin %s (entry point) failed to load: %s", ep.name, exc)
 
     def _load(self, rec: Plugin) -> None:
@@ -237,7 +241,9 @@ class PluginManager:
         seen: set[tuple[str, str]] = set()
         for route in routes:
             if not isinstance(route, Route):
-                raise TypeError(f"plugin {rec.name}: register_routes returned {route!r}, not a Route")
+                raise TypeError(
+                    f"plugin {rec.name}: register_routes returned {route!r}, not a Route"
+                )
             key = (route.method.upper(), route.path)
             if key in seen:
                 raise ValueError(f"plugin {rec.name} registers {key[0]} {key[1]} twice")
@@ -271,10 +277,15 @@ class PluginManager:
                 await self._start(rec)
             except HookFailed as exc:
                 if rec.builtin:
-                    raise RuntimeError(f"built-in plugin {rec.name} failed to start: {exc}") from exc
+                    raise RuntimeError(
+                        f"built-in plugin {rec.name} failed to start: {exc}"
+                    ) from exc
                 await self._kernel.audit.record(
-                    operator="system", action="plugin.load", target=f"plugin:{rec.name}",
-                    outcome="failed", detail=str(exc),
+                    operator="system",
+                    action="plugin.load",
+                    target=f"plugin:{rec.name}",
+                    outcome="failed",
+                    detail=str(exc),
                 )
         self._health_task = asyncio.create_task(self._health_loop(), name="aman-plugin-health")
 
@@ -294,20 +305,26 @@ class PluginManager:
         if not rec.loaded:
             try:
                 self._load(rec)
-            except Exception as exc:  # noqa: BLE001
-                raise self._fail(rec, HookFailed(rec.name, "register", f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:
+                raise self._fail(
+                    rec, HookFailed(rec.name, "register", f"{type(exc).__name__}: {exc}")
+                ) from exc
         try:
             migrations = self.hooks.collect("register_migrations", rec.name, ctx=rec.ctx)
             await kernel.store.migrate(rec.name, migrations)
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(rec, self.hooks.failed(rec.name, "register_migrations", str(exc), exc))
+        except Exception as exc:
+            raise self._fail(
+                rec, self.hooks.failed(rec.name, "register_migrations", str(exc), exc)
+            ) from exc
         rec.ctx.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         timeout = kernel.config.get("plugins.load_timeout_sec")
         try:
             await self.hooks.call("on_startup", rec.name, ctx=rec.ctx, timeout=timeout)
             rec.health = await self._health(rec)
             if rec.health.status == "error":
-                raise self.hooks.failed(rec.name, "health_check", f"health check failed: {rec.health.detail}")
+                raise self.hooks.failed(
+                    rec.name, "health_check", f"health check failed: {rec.health.detail}"
+                )
             rec.handlers = self.hooks.collect("register_event_handlers", rec.name, ctx=rec.ctx)
         except HookFailed as exc:
             with contextlib.suppress(HookFailed):
@@ -332,7 +349,9 @@ class PluginManager:
 
     async def _health(self, rec: Plugin) -> Health:
         try:
-            result = await self.hooks.call("health_check", rec.name, ctx=rec.ctx, timeout=HEALTH_TIMEOUT_SEC)
+            result = await self.hooks.call(
+                "health_check", rec.name, ctx=rec.ctx, timeout=HEALTH_TIMEOUT_SEC
+            )
         except HookFailed as exc:
             return Health(status="error", detail=exc.reason)
         if result is None:
@@ -341,7 +360,7 @@ class PluginManager:
             return result
         try:
             return self._kernel.converter.structure(dict(result), Health)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return Health(status="error", detail=f"health_check returned {result!r}")
 
     async def _health_loop(self) -> None:
@@ -371,17 +390,29 @@ class PluginManager:
         async with self._lock:
             if rec.state != "running":
                 return
-            log.error("plugin %s quarantined after %d failures in a row (last: %s)", rec.name, rec.failures, hook)
+            log.error(
+                "plugin %s quarantined after %d failures in a row (last: %s)",
+                rec.name,
+                rec.failures,
+                hook,
+            )
             await self._stop(rec)
             self._unload(rec)
             error = f"quarantined after {rec.failures} failures in a row (last: {hook})"
             await self._persist(rec, enabled=False, unstable=True)
             await self._kernel.audit.record(
-                operator="system", action="plugin.quarantine", target=f"plugin:{rec.name}",
-                outcome="quarantined", detail=error,
+                operator="system",
+                action="plugin.quarantine",
+                target=f"plugin:{rec.name}",
+                outcome="quarantined",
+                detail=error,
             )
             rec.enabled, rec.unstable, rec.error = False, True, error
-            await self._kernel.publish_system("plugin:quarantined", {"name": rec.name, "version": rec.version}, source="plugin-manager")
+            await self._kernel.publish_system(
+                "plugin:quarantined",
+                {"name": rec.name, "version": rec.version},
+                source="plugin-manager",
+            )
 
     # --- the service (http-api §7) ---------------------------------------------------------
 
@@ -408,7 +439,9 @@ class PluginManager:
             await self._persist(rec, enabled=True)
             rec.enabled, rec.unstable = True, False
             self.on_routes_changed()
-        await self._kernel.publish_system("plugin:enabled", {"name": name, "version": rec.version}, source="plugin-manager")
+        await self._kernel.publish_system(
+            "plugin:enabled", {"name": name, "version": rec.version}, source="plugin-manager"
+        )
         return PluginChange(ok=True, name=name, state="running", changed=True)
 
     async def disable(self, name: str, *, operator: str) -> PluginChange:
@@ -422,7 +455,9 @@ class PluginManager:
             self._unload(rec)
             await self._persist(rec, enabled=False)
             rec.enabled = False
-        await self._kernel.publish_system("plugin:disabled", {"name": name, "version": rec.version}, source="plugin-manager")
+        await self._kernel.publish_system(
+            "plugin:disabled", {"name": name, "version": rec.version}, source="plugin-manager"
+        )
         return PluginChange(ok=True, name=name, state="disabled", changed=True)
 
     async def _persist(self, rec: Plugin, *, enabled: bool, unstable: bool = False) -> None:
@@ -459,7 +494,10 @@ class PluginManager:
             installed_at_ms=None,
             sha256=None,
             health={"status": rec.health.status, "detail": rec.health.detail},
-            routes=[{"method": r.method.upper(), "path": prefix + r.path, "public": r.public} for r in rec.routes],
+            routes=[
+                {"method": r.method.upper(), "path": prefix + r.path, "public": r.public}
+                for r in rec.routes
+            ],
             ui_pages=[],
             error=rec.error,
         )

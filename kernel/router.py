@@ -96,7 +96,9 @@ class Router:
         self._kernel = kernel
         self._table: tuple[Map, dict[str, Endpoint]] = (Map(), {})
 
-    def rebuild(self, plugins: Iterable[Plugin], public_routes: Callable[[Plugin], Iterable[str]]) -> None:
+    def rebuild(
+        self, plugins: Iterable[Plugin], public_routes: Callable[[Plugin], Iterable[str]]
+    ) -> None:
         """Build the table from the plugins' routes and swap it in. A duplicate (method, path)
         between plugins is an error naming both."""
         rules, endpoints, owners = [], {}, {}  # type: list[Rule], dict[str, Endpoint], dict[tuple[str, str], str]
@@ -141,7 +143,7 @@ class Router:
         except _Refused as refused:
             outcome, detail = refused.outcome, refused.detail
             response, _ = self._error(refused.error)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
+        except Exception as exc:
             outcome = "error"
             response, detail = self._error(exc)
         if audit is not None and response.status != 401:
@@ -160,13 +162,19 @@ class Router:
             raise _Refused(Conflict("confirmation required"), "confirm_required")
         if route.debug_gate and not kernel.config.get("debug.force_enable_debug_endpoints"):
             raise _Refused(
-                Forbidden("debug endpoints are disabled (set debug.force_enable_debug_endpoints = true)"),
+                Forbidden(
+                    "debug endpoints are disabled (set debug.force_enable_debug_endpoints = true)"
+                ),
                 "forbidden",
                 "force_enable_debug_endpoints=false",
             )
         if route.availability == "ready":
             kernel.lifecycle.require_ready()
-        if ep.plugin.builtin and ep.plugin.state != "running" and kernel.lifecycle.status == "ready":
+        if (
+            ep.plugin.builtin
+            and ep.plugin.state != "running"
+            and kernel.lifecycle.status == "ready"
+        ):
             raise Unavailable(f"plugin {ep.plugin.name} is disabled", retry_after=None)
         args: dict[str, Any] = {k: v for k, v in params.items() if k in ep.wants}
         operator = operator_from(headers)
@@ -181,13 +189,17 @@ class Router:
         if route.body is not None or "request" in ep.wants:
             limit = route.max_body_bytes or kernel.config.get("http.max_body_bytes")
             raw = await _read_body(req, limit)
-            parsed = _parse_json(raw, headers.get("content-type", ""), strict=route.body is not None)
+            parsed = _parse_json(
+                raw, headers.get("content-type", ""), strict=route.body is not None
+            )
             if route.body is not None:
                 args["body"] = structure_body(parsed, route.body)
             if "request" in ep.wants:
                 args["request"] = Request(
                     method=req.method,
-                    path=req.path[len(ep.path) - len(route.path) :] if not ep.plugin.builtin else req.path,
+                    path=req.path[len(ep.path) - len(route.path) :]
+                    if not ep.plugin.builtin
+                    else req.path,
                     params=params,
                     query=dict(req.args),
                     headers=headers,
@@ -211,7 +223,9 @@ class Router:
         except SdkError:
             raise
         except TimeoutError:
-            raise _PluginFailure(f"plugin {plugin.name} did not answer within {timeout} s") from None
+            raise _PluginFailure(
+                f"plugin {plugin.name} did not answer within {timeout} s"
+            ) from None
         except Exception as exc:
             if plugin.builtin:
                 raise
@@ -226,13 +240,16 @@ class Router:
     def _error(exc: BaseException) -> tuple[Response, str]:
         """The JSON error response for ``exc`` and the detail its audit record gets."""
         if isinstance(exc, _PluginFailure):
-            status, body, headers = 500, {"error": str(exc)}, {}
+            status, body = 500, {"error": str(exc)}
+            headers: dict[str, str] = {}
         else:
             if isinstance(exc, RequestEntityTooLarge):
                 exc = TooLarge("request body too large")
             status, body, headers = error_body(exc)
         detail = body["error"] if status != 500 else f"internal error: {type(exc).__name__}"
-        response = Response(status=status, body=json.dumps(body).encode(), content_type=_JSON, headers=headers)
+        response = Response(
+            status=status, body=json.dumps(body).encode(), content_type=_JSON, headers=headers
+        )
         return response, detail
 
     async def _audit(
@@ -262,7 +279,13 @@ class Router:
         self._kernel.metrics.http_requests.labels(
             method=req.method, route=label, status=str(response.status)
         ).inc()
-        log.debug("%s %s %d %.1f ms", req.method, req.path, response.status, (time.perf_counter() - started) * 1000)
+        log.debug(
+            "%s %s %d %.1f ms",
+            req.method,
+            req.path,
+            response.status,
+            (time.perf_counter() - started) * 1000,
+        )
         return out
 
 
@@ -303,4 +326,3 @@ def _parse_json(raw: bytes, content_type: str, *, strict: bool) -> Any:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Invalid(f"invalid JSON body: {exc}") from None
-

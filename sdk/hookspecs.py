@@ -169,5 +169,3 @@ def on_config_changed(ctx: PluginContext, changes: Mapping[str, Any]) -> None:
 
     .. versionadded:: 1
     """
-
-

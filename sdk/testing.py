@@ -36,7 +36,7 @@ import pytest
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - without pytest-asyncio only the sync fixtures exist
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 __all__ = ["aman_plugins", "aman_settings", "make_kernel"]
 
@@ -79,7 +79,9 @@ def make_kernel(tmp_path: Path) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def kernel(make_kernel: Callable[..., Any], aman_plugins: list[object], aman_settings: dict[str, Any]) -> Any:
+def kernel(
+    make_kernel: Callable[..., Any], aman_plugins: list[object], aman_settings: dict[str, Any]
+) -> Any:
     return make_kernel(*aman_plugins, settings=aman_settings)
 
 

@@ -22,7 +22,13 @@ class AuditQuery:
 @hookimpl
 def register_routes(ctx: PluginContext) -> list[Route]:
     return [
-        Route(method="GET", path="/audit-log", handler=audit_log, query=AuditQuery, availability="always")
+        Route(
+            method="GET",
+            path="/audit-log",
+            handler=audit_log,
+            query=AuditQuery,
+            availability="always",
+        )
     ]
 
 

@@ -12,7 +12,9 @@ LEVELS = ("Normal", "L1", "L2", "L3", "L4A", "L4B", "Critical")
 
 @hookimpl
 def register_routes(ctx: PluginContext) -> list[Route]:
-    return [Route(method="GET", path="/debug/metrics", handler=debug_metrics, availability="always")]
+    return [
+        Route(method="GET", path="/debug/metrics", handler=debug_metrics, availability="always")
+    ]
 
 
 async def debug_metrics(ctx: PluginContext) -> dict[str, Any]:

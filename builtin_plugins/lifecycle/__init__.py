@@ -14,7 +14,14 @@ def register_routes(ctx: PluginContext) -> list[Route]:
         Route(method="GET", path="/health/live", handler=live, public=True, **always),
         Route(method="GET", path="/health/ready", handler=ready, public=True, **always),
         Route(method="GET", path="/health", handler=ready, public=True, **always),
-        Route(method="POST", path="/agent/start", handler=start, audit="agent.start", target="agent", **always),
+        Route(
+            method="POST",
+            path="/agent/start",
+            handler=start,
+            audit="agent.start",
+            target="agent",
+            **always,
+        ),
         Route(
             method="POST",
             path="/agent/shutdown",

@@ -16,7 +16,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 @hookimpl
 def register_routes(ctx: PluginContext) -> list[Route]:
-    return [Route(method="GET", path="/metrics", handler=metrics, public=True, availability="always")]
+    return [
+        Route(method="GET", path="/metrics", handler=metrics, public=True, availability="always")
+    ]
 
 
 @hookimpl

@@ -16,7 +16,7 @@ class ThingIn:
     name: str
     count: int = field(default=1, validator=in_range(1, 10))
     kind: Literal["a", "b"] = "a"
-    tags: list[str] = []
+    tags: list[str] = field(factory=list)
 
 
 @frozen
