@@ -19,5 +19,6 @@ def test_mypy_strict_on_kernel_and_sdk():
 
 
 def test_ruff():
-    result = run("ruff", "check", "kernel", "sdk", "builtin_plugins", "tests", "bench", "examples")
+    folders = [d for d in ("kernel", "sdk", "builtin_plugins", "tests", "bench", "examples") if (ROOT / d).is_dir()]
+    result = run("ruff", "check", *folders)
     assert result.returncode == 0, result.stdout + result.stderr

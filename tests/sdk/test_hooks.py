@@ -112,7 +112,7 @@ async def test_hook_register_config(make_kernel, tmp_path):
     path.write_text("[recorder]\ndepth = 50\n")
     try:
         make_kernel(P(), config_path=path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert "config error: invalid value for 'recorder.depth': must be between 1 and 9" in str(exc)
     else:
         raise AssertionError("an out-of-range value of a plugin key must fail validation")
