@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prometheus_client import Gauge
-
 import pytest
+from prometheus_client import Gauge
 
 from sdk import ConfigError, ConfigKey, EventHandler, Health, Migration, Route, hookimpl
 
