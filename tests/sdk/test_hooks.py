@@ -111,7 +111,7 @@ async def test_hook_register_config(make_kernel, tmp_path):
     path.write_text("[recorder]\ndepth = 5\n")
     assert make_kernel(P(), config_path=path).config.get("recorder.depth") == 5
     path.write_text("[recorder]\ndepth = 50\n")
-    with pytest.raises(ConfigError, match="invalid value for 'recorder.depth': must be between 1 and 9"):
+    with pytest.raises(ConfigError, match=r"invalid value for 'recorder\.depth': must be between 1 and 9"):
         make_kernel(P(), config_path=path)
 
 
