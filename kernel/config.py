@@ -137,10 +137,12 @@ def parse_bind(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("must be HOST:PORT")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ValueError("must be HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host or "[" in host or "]" in host:
+            raise ValueError("must be HOST:PORT")
+    elif any(c in host for c in "[]:"):
+        raise ValueError("must be HOST:PORT (IPv6 as [::1]:9090)")
     return host, int(port)
 
 
@@ -239,6 +241,15 @@ def _range(key: ConfigKey, value: float) -> str | None:
     if key.maximum is None:
         return f"must be at least {key.minimum}"
     return f"must be between {key.minimum} and {key.maximum}"
+
+
+def _holds_null(value: Any) -> bool:
+    """TOML has no null: only a whole key may be set to null (removed)."""
+    if isinstance(value, dict):
+        return any(v is None or _holds_null(v) for v in value.values())
+    if isinstance(value, list):
+        return any(v is None or _holds_null(v) for v in value)
+    return False
 
 
 def _parse_env(key: ConfigKey, raw: str) -> Any:
@@ -466,6 +477,8 @@ class Config:
             found = self._lookup(name)
             if found is None or "*" in name:
                 raise Invalid(f"unknown config key: {name}")
+            if value is not None and _holds_null(value):
+                raise Invalid(f"invalid value for {name}: null only removes a whole key")
             if value is not None and (reason := check_value(found[0], value)):
                 raise Invalid(f"invalid value for {name}: {reason}")
             try:

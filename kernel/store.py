@@ -184,7 +184,8 @@ class SqliteStore:
     # --- migrations ------------------------------------------------------------------------
 
     async def migrate(self, plugin: str, migrations: Sequence[Migration]) -> list[int]:
-        """Apply the plugin's steps not applied yet, in version order, each atomically."""
+        """Apply the plugin's steps not applied yet, in version order, all in one transaction:
+        if one fails, none of this call's steps is applied (the earlier ones stay recorded)."""
         steps = sorted(migrations, key=lambda m: m.version)
         versions = [m.version for m in steps]
         if len(set(versions)) != len(versions):

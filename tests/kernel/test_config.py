@@ -952,3 +952,17 @@ def test_effective_tree_redacts_secrets_when_set(tmp_path: Path) -> None:
     }
     assert "sekrit" not in repr(tree)
     assert config.effective_tree(redact=False)["http"]["token"] == "sekrit"
+
+
+@pytest.mark.parametrize("value", ["[]:9090", "::1:9090", "host]:80", "[::1:9090"])
+def test_parse_bind_refuses_ambiguous_ipv6(value):
+    with pytest.raises(ValueError):
+        parse_bind(value)
+
+
+async def test_set_refuses_null_inside_a_table(tmp_path):
+    config = Config(None, env={}, cwd=tmp_path)
+    config.validate()
+    with pytest.raises(Invalid, match="null only removes a whole key"):
+        await config.set({"plugin.x": {"a": None}}, operator="t")
+    assert not (tmp_path / "aman.toml").exists()
