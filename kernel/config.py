@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-from sdk import ConfigChange, ConfigError, ConfigKey, Failure, Invalid
+from sdk import ConfigChange, ConfigError, ConfigKey, ConfigRule, Failure, Invalid
 
 __all__ = ["KERNEL_KEYS", "Config", "is_loopback", "parse_bind"]
 
@@ -268,23 +268,36 @@ def _parse_env(key: ConfigKey, raw: str) -> Any:
 
 # The rules that span keys (formats §1.3). Each returns a reason or None; ``get`` reads the
 # candidate configuration.
-CrossRule = Callable[[Callable[[str], Any]], str | None]
+class _View:
+    """The candidate configuration a rule checks: ``get(key)`` and ``table(prefix)``."""
+
+    def __init__(self, get: Callable[[str], Any], tree: Mapping[str, Any]) -> None:
+        self.get = get
+        self._tree = tree
+
+    def table(self, prefix: str) -> dict[str, Any]:
+        found, value = _dig(self._tree, prefix)
+        return copy.deepcopy(value) if found and isinstance(value, dict) else {}
 
 
-def _bind_needs_token(get: Callable[[str], Any]) -> str | None:
-    host, _ = parse_bind(get("http.bind"))
-    if not is_loopback(host) and not get("http.token"):
+def _bind_needs_token(view: _View) -> str | None:
+    host, _ = parse_bind(view.get("http.bind"))
+    if not is_loopback(host) and not view.get("http.token"):
         return (
-            f"refusing to bind {get('http.bind')} without an API token"
+            f"refusing to bind {view.get('http.bind')} without an API token"
             " (set http.token or AMAN_HTTP_TOKEN)"
         )
     return None
 
 
-def _member_within_unpacked(get: Callable[[str], Any]) -> str | None:
+def _member_within_unpacked(view: _View) -> str | None:
+    get = view.get
     if get("plugins.max_member_bytes") > get("plugins.max_unpacked_bytes"):
         return "plugins.max_member_bytes must not exceed plugins.max_unpacked_bytes"
     return None
+
+
+KERNEL_RULES = [ConfigRule(check=_bind_needs_token), ConfigRule(check=_member_within_unpacked)]
 
 
 class Config:
@@ -313,13 +326,13 @@ class Config:
         self._env_source = dict(os.environ if env is None else env)
         self._env: dict[str, Any] = {}
         self._keys: dict[str, tuple[ConfigKey, str]] = {}
-        self._rules: list[CrossRule] = [_bind_needs_token, _member_within_unpacked]
+        self._rules: list[tuple[ConfigRule, str]] = []
         #: Called after a successful ``set`` with the result, ``{key: (old, new)}`` as written to
         #: the file, and the operator.
         self.on_change: (
             Callable[[ConfigChange, dict[str, tuple[Any, Any]], str], Awaitable[None]] | None
         ) = None
-        self.declare("kernel", KERNEL_KEYS)
+        self.declare("kernel", [*KERNEL_KEYS, *KERNEL_RULES])
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
@@ -335,8 +348,13 @@ class Config:
 
     # --- declaration and validation --------------------------------------------------------
 
-    def declare(self, owner: str, keys: list[ConfigKey]) -> None:
-        for key in keys:
+    def declare(self, owner: str, items: list[ConfigKey | ConfigRule]) -> None:
+        """Add a plugin's keys and rules (what its ``register_config`` returned)."""
+        for item in items:
+            if isinstance(item, ConfigRule):
+                self._rules.append((item, owner))
+                continue
+            key = item
             if key.name in self._keys:
                 other = self._keys[key.name][1]
                 raise ConfigError(f"config key {key.name} declared by both {other} and {owner}")
@@ -344,6 +362,7 @@ class Config:
 
     def undeclare(self, owner: str) -> None:
         self._keys = {k: v for k, v in self._keys.items() if v[1] != owner}
+        self._rules = [(rule, o) for rule, o in self._rules if o != owner]
 
     def owner(self, name: str) -> str | None:
         found = self._lookup(name)
@@ -403,12 +422,16 @@ class Config:
             if found and (reason := check_value(found[0], value)):
                 errors.append(f"config error: invalid value for '{name}': {reason}")
         if not errors:
-            errors = self._broken_rules(self.get)
+            errors = self._broken_rules(_View(self.get, self._file), startup=True)
         if errors:
             raise ConfigError("\n".join(errors))
 
-    def _broken_rules(self, get: Callable[[str], Any]) -> list[str]:
-        return [reason for rule in self._rules if (reason := rule(get))]
+    def _broken_rules(self, view: _View, *, startup: bool = False) -> list[str]:
+        return [
+            reason
+            for rule, _owner in self._rules
+            if (rule.startup or not startup) and (reason := rule.check(view))
+        ]
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -444,8 +467,11 @@ class Config:
         return (self.resolve_path("runtime.dir") / raw).resolve()
 
     def plugin_config(self, plugin: str) -> Mapping[str, Any]:
-        found, table = _dig(self._file, f"plugin.{plugin}")
-        return copy.deepcopy(table) if found and isinstance(table, dict) else {}
+        return self.table(f"plugin.{plugin}")
+
+    def table(self, prefix: str) -> dict[str, Any]:
+        """The file's table at ``prefix`` as it is now (``llm.providers``), or ``{}``."""
+        return _View(self.get, self._file).table(prefix)
 
     def overridden(self) -> list[str]:
         return sorted(set(self._cli) | set(self._env))
@@ -485,7 +511,7 @@ class Config:
                 _put(candidate, name, value)
             except ValueError as exc:
                 raise Invalid(f"invalid value for {name}: {exc}") from None
-        broken = self._broken_rules(lambda n: self._value(n, candidate, boot=False))
+        broken = self._broken_rules(_View(lambda n: self._value(n, candidate, boot=False), candidate))
         if broken:
             raise Invalid(f"invalid configuration: {broken[0]}")
         path = self._path or self._cwd / "aman.toml"

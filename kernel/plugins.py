@@ -25,6 +25,7 @@ from attrs import define, field
 import sdk
 from sdk import (
     Conflict,
+    Contribution,
     EventHandler,
     Health,
     Migration,
@@ -47,17 +48,20 @@ __all__ = ["BUILTINS", "ESSENTIAL", "Plugin", "PluginManager"]
 
 log = logging.getLogger("aman.plugins")
 
-#: Built-in plugins in load order: (name, module). The essential ones cannot be disabled.
-BUILTINS: tuple[tuple[str, str], ...] = (
-    ("auth", "builtin_plugins.auth"),
-    ("lifecycle", "builtin_plugins.lifecycle"),
-    ("plugin-manager", "builtin_plugins.plugin_manager"),
-    ("config", "builtin_plugins.config"),
-    ("audit", "builtin_plugins.audit"),
-    ("metrics", "builtin_plugins.metrics"),
-    ("debug", "builtin_plugins.debug"),
+#: Built-in plugins in load order: (name, module, essential). Essential ones cannot be disabled;
+#: core areas are essential unless http-api §7 lists them otherwise.
+BUILTINS: tuple[tuple[str, str, bool], ...] = (
+    ("auth", "builtin_plugins.auth", True),
+    ("lifecycle", "builtin_plugins.lifecycle", True),
+    ("plugin-manager", "builtin_plugins.plugin_manager", True),
+    ("config", "builtin_plugins.config", True),
+    ("audit", "builtin_plugins.audit", True),
+    ("metrics", "builtin_plugins.metrics", True),
+    ("debug", "builtin_plugins.debug", True),
+    ("llm-echo", "builtin_plugins.llm_echo", False),
+    ("llm", "builtin_plugins.llm", True),
 )
-ESSENTIAL = frozenset(name for name, _ in BUILTINS)
+ESSENTIAL = frozenset(name for name, _, essential in BUILTINS if essential)
 
 MIGRATIONS = [
     Migration(
@@ -94,6 +98,7 @@ class Plugin:
     collectors: list[Any] = field(factory=list)
     failures: int = 0
     keys_declared: bool = False
+    contributed: dict[str, list[Any]] = field(factory=dict)
     ctx: PluginContext | None = None
 
     @property
@@ -173,12 +178,12 @@ class PluginManager:
             raise sdk.ConfigError(
                 f"essential plugins cannot be disabled: {', '.join(sorted(refused))}"
             )
-        for name, module in BUILTINS:
+        for name, module, essential in BUILTINS:
             try:
                 obj = importlib.import_module(module)
             except Exception as exc:
                 raise sdk.ConfigError(f'error importing plugin "{name}": {exc}') from exc
-            self.add(name, obj, source="builtin", essential=name in ESSENTIAL)
+            self.add(name, obj, source="builtin", essential=essential)
         for name in disabled:
             if name in self.records:
                 self._unload(self.records[name])
@@ -342,6 +347,7 @@ class PluginManager:
 
     async def _stop(self, rec: Plugin) -> None:
         self._kernel.bus.unsubscribe(rec.name)
+        rec.contributed.clear()
         timeout = self._kernel.config.get("plugins.unload_timeout_sec")
         with contextlib.suppress(HookFailed):  # logged and counted; the plugin is removed anyway
             await self.hooks.call("on_shutdown", rec.name, ctx=rec.ctx, timeout=timeout)
@@ -469,6 +475,25 @@ class PluginManager:
             )
 
         await self._kernel.store.write(save)
+
+    def contributions(self, hook: str) -> list[Contribution]:
+        """What the running plugins return from ``hook`` (a ``register_*`` hook), in load order.
+
+        Each plugin's answer is collected once per start; a plugin that raises contributes
+        nothing (the failure is counted and logged).
+        """
+        out: list[Contribution] = []
+        for rec in self.records.values():
+            if rec.state != "running":
+                continue
+            if hook not in rec.contributed:
+                try:
+                    rec.contributed[hook] = self.hooks.collect(hook, rec.name, ctx=rec.ctx)
+                except Exception as exc:
+                    self.hooks.failed(rec.name, hook, f"{type(exc).__name__}: {exc}", exc)
+                    rec.contributed[hook] = []
+            out += [Contribution(plugin=rec.name, item=item) for item in rec.contributed[hook]]
+        return out
 
     def list(self) -> list[PluginInfo]:
         return [self.info(rec) for _, rec in sorted(self.records.items())]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .context import PluginContext
-    from .models import ConfigKey, EventHandler, Health, Migration, Route
+    from .models import ConfigKey, ConfigRule, EventHandler, Health, Migration, ProviderType, Route
 
 __all__ = ["API_VERSION", "hookspec"]
 
@@ -111,12 +111,13 @@ def register_event_handlers(ctx: PluginContext) -> list[EventHandler]:
 
 
 @hookspec
-def register_config(ctx: PluginContext) -> list[ConfigKey]:
-    """Declare the configuration keys the plugin owns.
+def register_config(ctx: PluginContext) -> list[ConfigKey | ConfigRule]:
+    """Declare the configuration keys the plugin owns, and the rules between them.
 
     :param ctx: The plugin's context.
     :returns: A list of :class:`~sdk.ConfigKey` (dotted name, type, default, range or choices,
-        whether a change needs a restart, an overriding environment variable).
+        whether a change needs a restart, an overriding environment variable) and
+        :class:`~sdk.ConfigRule` (a check over several keys).
 
     Called once when the plugin is loaded, before the configuration file is validated, so its keys
     are accepted in ``aman.toml`` and checked by ``/config/set``. Sync only. A plugin's free-form
@@ -151,6 +152,22 @@ def register_metrics(ctx: PluginContext, registry: CollectorRegistry) -> None:
 
     Called once when the plugin is loaded. Sync only. Collectors a plugin registers are
     unregistered when it is unloaded.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_llm_providers(ctx: PluginContext) -> list[ProviderType]:
+    """Contribute LLM provider implementations.
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.ProviderType`, each naming a ``type`` usable in
+        ``llm.providers.<name>.type`` and a factory that builds a provider from its
+        :class:`~sdk.ProviderConfig`. A provider has at least ``async probe()``.
+
+    Read by the ``llm`` plugin while the contributing plugin runs; disabling the plugin makes its
+    types unavailable (providers of that type report ``enabled: false``). Sync only.
 
     .. versionadded:: 1
     """

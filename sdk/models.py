@@ -14,6 +14,8 @@ from attrs import define, field, frozen
 __all__ = [
     "AuditNote",
     "ConfigKey",
+    "ConfigRule",
+    "Contribution",
     "Delivery",
     "Event",
     "EventHandler",
@@ -21,6 +23,8 @@ __all__ = [
     "Health",
     "Migration",
     "Priority",
+    "ProviderConfig",
+    "ProviderType",
     "PublishResult",
     "Request",
     "Response",
@@ -223,6 +227,60 @@ class ConfigKey:
     choices: tuple[str, ...] = ()
     env: str | None = None
     doc: str = ""
+
+
+@frozen(kw_only=True)
+class ConfigRule:
+    """A rule over several configuration keys (formats §1.3), returned by ``register_config``
+    beside the plugin's keys.
+
+    :param check: given a view of the candidate configuration (``view.get(key)``,
+        ``view.table(prefix)``), the reason it is invalid, or None.
+    :param startup: also checked at start-up (a broken rule exits with code 2); otherwise only by
+        ``/config/set`` (for rules that need the plugins running).
+    """
+
+    check: Callable[[Any], str | None]
+    startup: bool = True
+
+
+@frozen(kw_only=True)
+class Contribution:
+    """One item a running plugin returned from a ``register_*`` hook (``ctx.plugins.contributions``)."""
+
+    plugin: str
+    item: Any
+
+
+@frozen(kw_only=True)
+class ProviderConfig:
+    """The settings of one configured LLM provider (``[llm.providers.<name>]``, formats §1.4)."""
+
+    name: str
+    type: str
+    model: str
+    base_url: str = ""
+    api_key: str = ""
+    temperature: float = 0.7
+    timeout_sec: int = 60
+    stream_timeout_sec: int = 600
+    max_retries: int = 5
+    headers: Mapping[str, str] = field(factory=dict)
+
+
+@frozen(kw_only=True)
+class ProviderType:
+    """An LLM provider implementation a plugin contributes through ``register_llm_providers``.
+
+    :param type: the name used in ``llm.providers.<name>.type`` (``echo``, ``openai``).
+    :param factory: builds a provider from its settings; the provider has at least
+        ``async probe()``, which raises when the backend cannot serve requests.
+    :param default_model: the model when the provider's table names none.
+    """
+
+    type: str
+    factory: Callable[[ProviderConfig], Any]
+    default_model: str = ""
 
 
 @frozen(kw_only=True)

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from attrs import frozen
 
-from .models import Delivery, Priority, PublishResult
+from .models import Contribution, Delivery, Priority, PublishResult
 
 __all__ = [
     "AuditLog",
@@ -92,6 +92,8 @@ class Settings(Protocol):
 
     def plugin_config(self, plugin: str) -> Mapping[str, Any]: ...
 
+    def table(self, prefix: str) -> dict[str, Any]: ...
+
     def effective_tree(self, *, redact: bool = True) -> dict[str, Any]: ...
 
     def overridden(self) -> list[str]: ...
@@ -158,6 +160,10 @@ class PluginChange:
 
 class Plugins(Protocol):
     """The plugin manager: list, enable and disable plugins while the runtime serves."""
+
+    def contributions(self, hook: str) -> list[Contribution]:
+        """What the running plugins return from a ``register_*`` hook, in load order."""
+        ...
 
     def list(self) -> list[PluginInfo]: ...
 

@@ -66,8 +66,8 @@ def test_sdk_never_imports_the_kernel(path):
         assert "kernel" not in path.read_text().split("__all__")[0].split('"""', 2)[2]
 
 
-@pytest.mark.parametrize("name,module", BUILTINS)
-def test_each_builtin_loads_alone_and_passes_check_pending(name, module):
+@pytest.mark.parametrize(("name", "module", "essential"), BUILTINS)
+def test_each_builtin_loads_alone_and_passes_check_pending(name, module, essential):
     import importlib
 
     pm = new_manager()
@@ -85,6 +85,7 @@ ENDPOINTS = [
     ("GET", "/health/live", True, False, "always", None),
     ("GET", "/health/ready", True, False, "always", None),
     ("GET", "/health", True, False, "always", None),
+    ("GET", "/health/llm", True, False, "always", None),
     ("POST", "/agent/start", False, False, "always", "agent.start"),
     ("POST", "/agent/shutdown", False, True, "always", "agent.shutdown"),
     ("GET", "/runtime/status", False, False, "always", None),

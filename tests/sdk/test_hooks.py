@@ -155,3 +155,25 @@ async def test_hook_on_config_changed(make_kernel, serve_kernel):
     await client.post("/config/set", json={"changes": {"plugin.recorder.level": 2}}, headers=CONFIRM)
     await client.post("/config/set", json={"changes": {"http.max_body_bytes": 4096}}, headers=CONFIRM)
     assert plugin.calls == [("changed", {"plugin.recorder.level": 2}, {"level": 2})]
+
+
+async def test_hook_register_llm_providers(make_kernel, serve_kernel, tmp_path):
+    class Mock:
+        def __init__(self, config) -> None:
+            self.config = config
+
+        async def probe(self) -> None:
+            pass
+
+    class P(Recorder):
+        @hookimpl
+        def register_llm_providers(self):
+            from sdk import ProviderType
+
+            return [ProviderType(type="mock", factory=Mock, default_model="mock-1")]
+
+    path = tmp_path / "aman.toml"
+    path.write_text('[llm]\ndefault_provider = "m"\n\n[llm.providers.m]\ntype = "mock"\n')
+    client = await serve_kernel(make_kernel(P(), config_path=path))
+    body = await (await client.get("/health/llm")).get_json()
+    assert (body["provider"], body["type"], body["model"]) == ("m", "mock", "mock-1")
