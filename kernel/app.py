@@ -23,11 +23,14 @@ from quart import Quart
 from sdk import ConfigChange, Migration, PluginContext, PublishResult, Stash
 
 from . import audit as audit_module
+from . import bus as bus_module
+from . import dead_letters as dead_letters_module
 from . import plugins as plugins_module
 from .audit import SqliteAudit
 from .bus import EventBus, PluginBus
 from .config import Config, _is_secret
 from .convert import converter
+from .dead_letters import DeadLetters
 from .hooks import HookFailed, Hooks, new_manager
 from .ids import now_ms
 from .lifecycle import Lifecycle
@@ -69,7 +72,9 @@ class Kernel:
         self.stash = Stash()
         self.store = SqliteStore()
         self.audit = SqliteAudit(self.store, lambda: config.get("audit.max_records"))
-        self.bus = EventBus(config, self.metrics.registry)
+        self.dead_letters = DeadLetters(self.store, config.get)
+        self.bus = EventBus(config, self.metrics.registry, self.store, self.dead_letters)
+        self.bus.audit = self._system_audit
         self.plugins = PluginManager(self, Hooks(new_manager(), self.metrics))
         self.router = Router(self)
         self.lifecycle = Lifecycle(self)
@@ -117,13 +122,39 @@ class Kernel:
         await self.store.migrate("kernel.audit", audit_module.MIGRATIONS)
         await self.store.migrate("kernel.plugins", plugins_module.MIGRATIONS)
         await self.store.migrate("kernel.config", _CONFIG_LOG)
+        await self.store.migrate("kernel.bus", bus_module.MIGRATIONS)
+        await self.store.migrate("kernel.dead_letters", dead_letters_module.MIGRATIONS)
         await self.audit.flush()
+        await self.dead_letters.open()
+        replayed = await self.bus.replay()
+        if replayed:
+            log.info("replaying %d guaranteed events not done before the last stop", replayed)
         await self.plugins.restore_state()
+
+    async def start_plugins(self) -> None:
+        """Phase 2: start the plugins, then dispatch (replayed events reach their subscribers)."""
+        await self.plugins.start_all()
         self.bus.start()
+
+    async def _system_audit(self, action: str, target: str, detail: str) -> None:
+        await self.audit.record(operator="system", action=action, target=target, outcome="ok", detail=detail)
 
     async def close_storage(self) -> None:
         await self.bus.stop()
         await self.store.close()
+
+    async def persist_early_audit(self) -> None:
+        """At exit: write the audit records of a process whose store never opened (a shutdown
+        before the start, ``runtime.autostart = false``), so that they are not lost (D9)."""
+        if not self.audit.pending or self.store.path is not None:
+            return
+        synchronous = self.config.get("storage.synchronous")
+        await self.store.open(self.runtime_dir / "aman.db", synchronous=synchronous)
+        try:
+            await self.store.migrate("kernel.audit", audit_module.MIGRATIONS)
+            await self.audit.flush()
+        finally:
+            await self.store.close()
 
     # --- configuration changes -------------------------------------------------------------
 
@@ -246,5 +277,6 @@ def create_app(kernel: Kernel) -> KernelApp:
     @app.after_serving
     async def _halt() -> None:
         await kernel.lifecycle.shutdown()
+        await kernel.persist_early_audit()
 
     return app

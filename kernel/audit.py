@@ -84,6 +84,11 @@ class SqliteAudit:
         finally:
             conn.close()
 
+    @property
+    def pending(self) -> int:
+        """Records held in memory because the store has not been opened yet."""
+        return len(self._pending)
+
     async def flush(self) -> None:
         """Write the records held in memory while the store was closed."""
         rows, self._pending = self._pending, []

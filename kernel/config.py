@@ -122,6 +122,9 @@ KERNEL_KEYS: list[ConfigKey] = [
     _K(name="plugins.route_timeout_sec", type=int, default=30, minimum=1, maximum=3600),
     _K(name="plugins.health_interval_sec", type=int, default=30, minimum=5, maximum=3600),
     _K(name="plugins.quarantine_after_failures", type=int, default=3, minimum=1, maximum=100),
+    _K(name="dlq.ttl_days", type=int, default=30, minimum=1, maximum=3650),
+    _K(name="dlq.max_manual_retries", type=int, default=5, minimum=0, maximum=100),
+    _K(name="dlq.expiry_alert_days", type=list[int], default=[7, 3, 1], minimum=1, maximum=3650, length=(0, 10)),
     _K(name="audit.max_records", type=int, default=100_000, minimum=1000, maximum=100_000_000),
     _K(name="plugin.*", type=dict, default={}, doc="Free-form table of plugin <name>."),
 ]

@@ -102,7 +102,7 @@ class Lifecycle:
         kernel = self._kernel
         self._status = "starting"
         await kernel.publish_system("gateway:starting", {"phase": self._phase}, source="gateway")
-        steps = (kernel.open_storage, kernel.plugins.start_all, _nothing, _nothing)
+        steps = (kernel.open_storage, kernel.start_plugins, _nothing, _nothing)
         try:
             async with asyncio.timeout(kernel.config.get("runtime.start_timeout_sec")):
                 for phase, step in enumerate(steps, start=1):

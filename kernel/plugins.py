@@ -335,7 +335,7 @@ class PluginManager:
             with contextlib.suppress(HookFailed):
                 await self.hooks.call("on_shutdown", rec.name, ctx=rec.ctx, timeout=timeout)
             raise self._fail(rec, exc) from None
-        kernel.bus.subscribe(rec.name, rec.handlers)
+        kernel.bus.subscribe(rec.name, rec.handlers, builtin=rec.builtin)
         rec.state, rec.error, rec.failures = "running", None, 0
 
     def _fail(self, rec: Plugin, exc: HookFailed) -> HookFailed:

@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from attrs import frozen
 
-from .models import Contribution, Delivery, Priority, PublishResult
+from .models import Contribution, Delivery, Event, Priority, PublishResult, TrustLevel
 
 __all__ = [
     "AuditLog",
@@ -21,6 +21,7 @@ __all__ = [
     "AuditRecord",
     "Bus",
     "ConfigChange",
+    "DeadLetterQueue",
     "Lifecycle",
     "PluginChange",
     "PluginInfo",
@@ -33,9 +34,47 @@ T = TypeVar("T")
 Status = Literal["new", "starting", "ready", "draining", "stopped"]
 
 
+class DeadLetterQueue(Protocol):
+    """The dead-letter queue (http-api §9). Entries are the DeadLetterEntry objects of the API."""
+
+    depth: int
+
+    async def get(self, entry_id: str) -> Any: ...
+
+    async def page(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        reason: str | None = None,
+        source: str | None = None,
+        event_type: str | None = None,
+    ) -> tuple[list[Any], str | None]: ...
+
+    async def start_retry(self, entry_id: str, *, operator: str, reason: str) -> Any: ...
+
+    async def cancel_retry(self, entry_id: str) -> None: ...
+
+    async def discard(self, entry_id: str) -> Any: ...
+
+    async def expire(self) -> list[str]: ...
+
+    async def enqueue(self, event: Event, *, reason: str, ttl_days: int | None = None) -> bool: ...
+
+
 class Bus(Protocol):
-    """The event bus. ``publish`` answers once the event is accepted (and, for guaranteed
-    delivery, stored); subscribers run later."""
+    """The event bus (http-api §5.1). ``publish`` answers once the event is accepted (and, for
+    guaranteed delivery in ``persistent`` mode, stored); subscribers run later. It raises
+    :class:`~sdk.Invalid` for a bad event, :class:`~sdk.Forbidden` for a trust violation and
+    :class:`~sdk.Unavailable` when backpressure refuses it."""
+
+    dead_letters: DeadLetterQueue
+    observers: list[Callable[[Event], None]]
+
+    @property
+    def level(self) -> str:
+        """The backpressure level: Normal, L1, L2, L3, L4A, L4B or Critical."""
+        ...
 
     async def publish(
         self,
@@ -50,7 +89,27 @@ class Bus(Protocol):
         dedup_key: str | None = None,
         trace_id: str | None = None,
         parent_event_id: str | None = None,
+        trust_level: TrustLevel = "trusted",
+        from_http: bool = False,
     ) -> PublishResult: ...
+
+    def build(self, event_type: str, payload: Any = None, **options: Any) -> Event:
+        """A validated event that is not published (``/debug/dlq/enqueue``)."""
+        ...
+
+    async def redeliver(self, entry: Any) -> list[str]: ...
+
+    async def get_event(self, event_id: str) -> Event | None: ...
+
+    async def trace(self, trace_id: str) -> list[Event]: ...
+
+    async def recent(
+        self, limit: int, *, event_type: str | None = None, source: str | None = None
+    ) -> list[Event]: ...
+
+    async def after(self, event_id: str, limit: int) -> list[Event] | None: ...
+
+    def subscribers(self) -> list[str]: ...
 
     def stats(self) -> Mapping[str, Any]: ...
 
