@@ -139,6 +139,7 @@ class _Flight:
     waiting: int = 0  # targets that have not started it (depth accounting)
     counted: bool = True  # counted in the queue depth
     expired: bool = False
+    abandoned: bool = False  # a subscriber went away before handling it: keep the outbox row
     retries: int = 0
     done_before: frozenset[str] = frozenset()  # replay: completed before the restart
     started_before: frozenset[str] = frozenset()  # replay: exactly_once deliveries cut short
@@ -291,8 +292,7 @@ class EventBus:
         if usage >= 1:
             level = "Critical"
         elif usage >= 0.98:
-            cap = self._config.get("event_bus.overflow_max_events")
-            level = "L4B" if len(self._overflow) >= 0.8 * cap else "L4A"
+            level = "L4B" if self._overflow_full() else "L4A"
         elif usage >= 0.95:
             level = "L3"
         elif usage >= 0.9:
@@ -308,6 +308,10 @@ class EventBus:
                 self._level_audited_at = now
                 self._audit("backpressure.apply", "sources", level)
         return level
+
+    def _overflow_full(self) -> bool:
+        cap: int = self._config.get("event_bus.overflow_max_events")
+        return len(self._overflow) >= 0.8 * cap
 
     def _audit(self, action: str, target: str, detail: str) -> None:
         if self.audit is not None:
@@ -423,9 +427,11 @@ class EventBus:
         if guaranteed and rank >= _RANK["L3"]:
             if from_http:
                 raise Unavailable(f"event bus backpressure (level {level}); retry later")
-            if level == "L4B":
-                raise Unavailable(f"event bus backpressure (level {level}); overflow store full")
             if rank >= _RANK["L4A"]:
+                if self._overflow_full():
+                    raise Unavailable(
+                        f"event bus backpressure (level {level}); overflow store full"
+                    )
                 overflow = True
         if event.dedup_key is not None and (original := self._duplicate(event.dedup_key)):
             self.duplicates += 1
@@ -549,10 +555,11 @@ class EventBus:
             sub.wake.set()
             if sub.task is not None and sub.task is not asyncio.current_task():
                 sub.task.cancel()
-            while (item := sub.take()) is not None:  # what it will never handle: release its depth
+            while (item := sub.take()) is not None:  # what it will never handle here
                 flight, attempt = item
                 if attempt == 1:
                     self._started(flight)
+                flight.abandoned = True  # still owed: replayed at the next start
                 self._finish_for(flight, sub.name)
 
     def subscribers(self) -> list[str]:
@@ -690,7 +697,7 @@ class EventBus:
             self.on_failure(sub.plugin)
             await self._finish_for_async(flight, sub.name)
             return
-        flight.retries = max(flight.retries, attempt)
+        flight.retries = max(flight.retries, attempt - 1)  # automatic redeliveries so far
         if attempt >= self._config.get("event_bus.retry_max_attempts"):
             await self._dead_letter(
                 flight, sub.name, f"DeliveryFailed: {sub.name}: {error}", sub.plugin
@@ -805,7 +812,7 @@ class EventBus:
                 await self._complete(flight)
 
     async def _complete(self, flight: _Flight) -> None:
-        if flight.persist:
+        if flight.persist and not flight.abandoned:
             flight.persist = False  # once
             event_id = flight.event.id
 
