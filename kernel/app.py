@@ -26,6 +26,7 @@ from . import audit as audit_module
 from . import bus as bus_module
 from . import dead_letters as dead_letters_module
 from . import plugins as plugins_module
+from . import sources as sources_module
 from .audit import SqliteAudit
 from .bus import EventBus, PluginBus
 from .config import Config, _is_secret
@@ -37,6 +38,7 @@ from .lifecycle import Lifecycle
 from .metrics import KernelMetrics
 from .plugins import PluginManager
 from .router import Router
+from .sources import PluginSources, SourceRegistry
 from .store import SqliteStore
 
 __all__ = ["Kernel", "KernelApp", "create_app", "create_kernel"]
@@ -75,6 +77,7 @@ class Kernel:
         self.dead_letters = DeadLetters(self.store, config.get)
         self.bus = EventBus(config, self.metrics.registry, self.store, self.dead_letters)
         self.bus.audit = self._system_audit
+        self.sources = SourceRegistry(self.bus, self.store)
         self.plugins = PluginManager(self, Hooks(new_manager(), self.metrics))
         self.router = Router(self)
         self.lifecycle = Lifecycle(self)
@@ -83,6 +86,7 @@ class Kernel:
         self.bus.on_success = self.plugins.note_success
         config.on_change = self._config_changed
         self.boot_task: asyncio.Task[None] | None = None
+        self.composed = False
 
     @property
     def runtime_dir(self) -> Path:
@@ -104,10 +108,14 @@ class Kernel:
             plugins=self.plugins,
             audit=self.audit,
             registry=self.metrics.registry,
+            sources=PluginSources(self.sources, name),
         )
 
     def rebuild_routes(self) -> None:
-        self.router.rebuild(self.plugins.records.values(), lambda plugin: ())
+        """Swap in a route table built from the plugins now (once composed; while
+        ``create_kernel`` loads plugins one by one, it builds the table once at the end)."""
+        if self.composed:
+            self.router.rebuild(self.plugins.records.values(), lambda plugin: ())
 
     async def publish_system(self, event_type: str, payload: Any, *, source: str) -> PublishResult:
         return await self.bus.publish(event_type, payload, source=source)
@@ -124,6 +132,8 @@ class Kernel:
         await self.store.migrate("kernel.config", _CONFIG_LOG)
         await self.store.migrate("kernel.bus", bus_module.MIGRATIONS)
         await self.store.migrate("kernel.dead_letters", dead_letters_module.MIGRATIONS)
+        await self.store.migrate("kernel.sources", sources_module.MIGRATIONS)
+        await self.sources.open()
         await self.audit.flush()
         await self.dead_letters.open()
         replayed = await self.bus.replay()
@@ -240,6 +250,7 @@ def create_kernel(
         kernel.plugins.add(name, obj, source="entry_point")
     kernel.plugins.check_pending()
     config.validate()
+    kernel.composed = True
     kernel.rebuild_routes()
     return kernel
 

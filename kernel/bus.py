@@ -160,6 +160,8 @@ class _Subscriber:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.busy = False
+        self.since = 0.0  # when the running call started (loop time)
+        self.timed_out = False
         self.active = True
 
     def wants(self, event: Event) -> bool:
@@ -198,19 +200,39 @@ class _WriteBehind:
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
         self._ops: list[Callable[[sqlite3.Connection], object]] = []
+        self._rows: list[tuple[str, str, str, str, str]] = []
+        self._scheduled = False
         self._inflight: set[asyncio.Future[Any]] = set()
+        self.on_recorded: Callable[[sqlite3.Connection, int], None] = lambda conn, n: None
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def add(self, op: Callable[[sqlite3.Connection], object]) -> None:
-        if not self._ops:
-            asyncio.get_running_loop().call_soon(self._flush)
+        self._schedule()
         self._ops.append(op)
 
+    def record(self, row: tuple[str, str, str, str, str]) -> None:
+        """An event-store record; records of a loop turn go in with one ``executemany``."""
+        self._schedule()
+        self._rows.append(row)
+
     def _flush(self) -> None:
+        self._scheduled = False
         ops, self._ops = self._ops, []
-        if not ops or not self._store.is_open:
+        rows, self._rows = self._rows, []
+        if not (ops or rows) or not self._store.is_open:
             return
 
         def run(conn: sqlite3.Connection) -> None:
+            if rows:
+                conn.executemany(
+                    "INSERT INTO bus_events (id, trace_id, event_type, source, body) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                self.on_recorded(conn, len(rows))
             for op in ops:
                 op(conn)
 
@@ -247,7 +269,9 @@ class EventBus:
         self._subs: dict[str, list[_Subscriber]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._behind = _WriteBehind(store)
+        self._behind.on_recorded = self._pruned
         self._dedup: dict[str, tuple[str, int]] = {}
         self._depth = 0
         self._retry_waiting = 0
@@ -333,13 +357,14 @@ class EventBus:
         ):
             self._admit_overflow()
 
-    def _drop(self, event_type: str, source: str, reason: str) -> PublishResult:
+    def _drop(self, event: Event, reason: str) -> PublishResult:
+        """Count a drop; the answer carries the dropped event's id and trace (never stored)."""
         self.discarded += 1
+        source, event_id = event.source, event.id
         key = (source, self._level)
         now = time.monotonic()
         entry = self._discards.setdefault(key, [0.0, 0])
         entry[1] += 1
-        event_id = uuid7()
         if now - entry[0] >= 10:
             self._audit(
                 "event.discard",
@@ -347,7 +372,7 @@ class EventBus:
                 f"level={self._level} reason={reason} dropped={entry[1]} last_event_id={event_id}",
             )
             entry[0], entry[1] = now, 0
-        return PublishResult(id=event_id, trace_id="", status="dropped")
+        return PublishResult(id=event_id, trace_id=event.metadata.trace_id, status="dropped")
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -414,14 +439,14 @@ class EventBus:
         rank = _RANK[level]
         if not guaranteed and rank >= _RANK["L1"]:
             if event.event_type == "idle":
-                return self._drop(event.event_type, event.source, "idle")
+                return self._drop(event, "idle")
             lowered = PRIORITIES[min(PRIORITIES.index(event.priority) + 1, 2)]
             event = attrs.evolve(event, priority=lowered)
         if not guaranteed and rank >= _RANK["L2"]:
-            return self._drop(event.event_type, event.source, "at_most_once")
+            return self._drop(event, "at_most_once")
         if level == "Critical" and event.priority == "low":
             if not guaranteed:
-                return self._drop(event.event_type, event.source, "queue_full")
+                return self._drop(event, "queue_full")
             raise Unavailable("event bus is full; retry later")
         overflow = False
         if guaranteed and rank >= _RANK["L3"]:
@@ -477,7 +502,8 @@ class EventBus:
 
             await self._store.write(commit)
         elif self._store.is_open:
-            for op in ops:
+            self._behind.record((event.id, event.metadata.trace_id, event.event_type, event.source, body))
+            for op in ops[1:]:
                 self._behind.add(op)
         flight = _Flight(event=event, body=body, persist=durable)
         self._accepted.inc()
@@ -493,9 +519,8 @@ class EventBus:
     def _record_op(
         self, event: Event, body: str, *, again: bool = False
     ) -> Callable[[sqlite3.Connection], object]:
-        self._recorded += 1
-        prune = self._recorded % _PRUNE_EVERY == 0
-        keep = self._config.get("event_bus.event_store_max_events")
+        """One event-store record written inside another transaction (a guaranteed publish, a
+        DLQ redelivery, which records the event again at the top)."""
 
         def record(conn: sqlite3.Connection) -> None:
             if again:
@@ -504,10 +529,16 @@ class EventBus:
                 "INSERT INTO bus_events (id, trace_id, event_type, source, body) VALUES (?, ?, ?, ?, ?)",
                 (event.id, event.metadata.trace_id, event.event_type, event.source, body),
             )
-            if prune:
-                _prune_events(conn, keep)
+            self._pruned(conn, 1)
 
         return record
+
+    def _pruned(self, conn: sqlite3.Connection, added: int) -> None:
+        """Count records (on the writer thread) and prune the store every few hundred."""
+        before = self._recorded
+        self._recorded += added
+        if before // _PRUNE_EVERY != self._recorded // _PRUNE_EVERY:
+            _prune_events(conn, self._config.get("event_bus.event_store_max_events"))
 
     def _enqueue(self, flight: _Flight) -> None:
         self._queues[flight.event.priority].append(flight)
@@ -574,7 +605,23 @@ class EventBus:
     def start(self) -> None:
         """Start dispatching (after phase 2, so replayed events reach restarted subscribers)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._dispatch(), name="aman-bus")
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._dispatch(), name="aman-bus")
+            self._watchdog = loop.create_task(self._watch_handlers(), name="aman-bus-watchdog")
+
+    async def _watch_handlers(self) -> None:
+        """Cut short every handler call running longer than ``event_bus.handler_timeout_ms``.
+        One watchdog instead of a timer per call keeps the per-event cost low."""
+        loop = asyncio.get_running_loop()
+        while True:
+            limit = self._config.get("event_bus.handler_timeout_ms") / 1000
+            await asyncio.sleep(min(0.05, limit / 4))
+            now = loop.time()
+            for subs in list(self._subs.values()):
+                for sub in subs:
+                    if sub.busy and not sub.timed_out and now - sub.since > limit and sub.task is not None:
+                        sub.timed_out = True
+                        sub.task.cancel()
 
     def _next(self) -> _Flight | None:
         for priority in PRIORITIES:
@@ -636,11 +683,17 @@ class EventBus:
 
     def _is_expired(self, event: Event) -> bool:
         meta = event.metadata
+        if meta.ttl_ms is None and meta.lifespan_ms is None:
+            return False
         age = now_ms() - meta.created_at
         return any(limit is not None and age > limit for limit in (meta.ttl_ms, meta.lifespan_ms))
 
     async def _work(self, sub: _Subscriber) -> None:
         handler = sub.spec.handler
+        is_async = inspect.iscoroutinefunction(handler)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
         while sub.active:
             item = sub.take()
             if item is None:
@@ -658,22 +711,22 @@ class EventBus:
                 continue
             if event.delivery == "exactly_once" and flight.persist:
                 await self._store.write(_sql(_MARK, event.id, sub.name, "started"))
-            sub.busy = True
+            sub.busy, sub.since = True, loop.time()
             try:
-                async with asyncio.timeout(self._config.get("event_bus.handler_timeout_ms") / 1000):
-                    if inspect.iscoroutinefunction(handler):
-                        await handler(event)
-                    else:
-                        result = await asyncio.to_thread(handler, event)
-                        if inspect.isawaitable(result):
-                            await result
+                if is_async:
+                    await handler(event)  # type: ignore[misc]  # an async def: awaitable
+                else:
+                    result = await asyncio.to_thread(handler, event)
+                    if inspect.isawaitable(result):
+                        await result
             except asyncio.CancelledError:
                 if not sub.active:
                     raise
-                await self._failed(flight, sub, attempt, "cancelled")
-            except TimeoutError:
-                await self._failed(flight, sub, attempt, "TimeoutError: handler timed out")
-            except Exception as exc:
+                task.uncancel()  # cut short by the watchdog (or a stray cancel): a failure
+                reason = "TimeoutError: handler timed out" if sub.timed_out else "cancelled"
+                sub.timed_out = False
+                await self._failed(flight, sub, attempt, reason)
+            except Exception as exc:  # noqa: BLE001 - isolated per subscriber
                 await self._failed(flight, sub, attempt, f"{type(exc).__name__}: {exc}")
             else:
                 self.on_success(sub.plugin)
@@ -777,7 +830,11 @@ class EventBus:
             return
         flight.expired = True
         self.expired += 1
-        if flight.guaranteed and self._config.get("event_bus.dead_letter_expired"):
+        if flight.on_done is not None:  # a DLQ retry: its entry is dropped or goes back `Expired`
+            if flight.guaranteed and self._config.get("event_bus.dead_letter_expired"):
+                owed = flight.open or flight.only or frozenset()
+                flight.failed, flight.reason = sorted({*flight.failed, *owed}), "Expired"
+        elif flight.guaranteed and self._config.get("event_bus.dead_letter_expired"):
             event = flight.event
 
             def add(conn: sqlite3.Connection) -> bool:
@@ -977,7 +1034,7 @@ class EventBus:
             handle.cancel()
         self._retry_handles.clear()
         self._retry_waiting = 0
-        tasks = [t for t in [self._task] if t] + [
+        tasks = [t for t in [self._task, self._watchdog] if t] + [
             s.task for subs in self._subs.values() for s in subs if s.task
         ]
         for subs in self._subs.values():
@@ -988,7 +1045,7 @@ class EventBus:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._task = None
+        self._task = self._watchdog = None
         self._subs.clear()
         await self._behind.wait()
 

@@ -329,6 +329,7 @@ class Config:
         self._env_source = dict(os.environ if env is None else env)
         self._env: dict[str, Any] = {}
         self._keys: dict[str, tuple[ConfigKey, str]] = {}
+        self._cache: dict[str, Any] = {}
         self._rules: list[tuple[ConfigRule, str]] = []
         #: Called after a successful ``set`` with the result, ``{key: (old, new)}`` as written to
         #: the file, and the operator.
@@ -353,6 +354,7 @@ class Config:
 
     def declare(self, owner: str, items: list[ConfigKey | ConfigRule]) -> None:
         """Add a plugin's keys and rules (what its ``register_config`` returned)."""
+        self._cache.clear()
         for item in items:
             if isinstance(item, ConfigRule):
                 self._rules.append((item, owner))
@@ -364,6 +366,7 @@ class Config:
             self._keys[key.name] = (key, owner)
 
     def undeclare(self, owner: str) -> None:
+        self._cache.clear()
         self._keys = {k: v for k, v in self._keys.items() if v[1] != owner}
         self._rules = [(rule, o) for rule, o in self._rules if o != owner]
 
@@ -408,6 +411,7 @@ class Config:
             elif reason := check_value(found[0], value):
                 errors.append(f"config error: invalid value for '{name}': {reason}")
         self._env = {}
+        self._cache.clear()
         for key, _owner in self._keys.values():
             names = [key.env] + [a for a, k in _ENV_ALIASES.items() if k == key.name]
             for var in filter(None, names):
@@ -455,8 +459,16 @@ class Config:
         return copy.deepcopy(value if present else key.default)
 
     def get(self, key: str) -> Any:
-        """The value in effect now (a restart key keeps its value from start-up)."""
-        return self._value(key, self._file, boot=True)
+        """The value in effect now (a restart key keeps its value from start-up).
+
+        Values are cached until the configuration changes (hot paths read keys per event);
+        lists and tables are copied, so a caller can never change the configuration by
+        mutating what it got."""
+        try:
+            value = self._cache[key]
+        except KeyError:
+            value = self._cache[key] = self._value(key, self._file, boot=True)
+        return copy.deepcopy(value) if isinstance(value, (list, dict)) else value
 
     def resolve_path(self, key: str) -> Path:
         raw = Path(str(self.get(key))).expanduser()
@@ -520,6 +532,7 @@ class Config:
         path = self._path or self._cwd / "aman.toml"
         _write_atomic(path, candidate)
         self._path, self._file = path, candidate
+        self._cache.clear()
         lists: dict[str, list[str]] = {"applied": [], "restart_required": [], "overridden": []}
         for name in sorted(changes):
             lists[self._effect(name)].append(name)

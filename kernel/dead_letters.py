@@ -111,6 +111,7 @@ class DeadLetters:
         self._store = store
         self._get = settings
         self.depth = 0
+        self._updated_before: dict[str, int] = {}  # retrying entries: updated_at_ms to restore
 
     async def open(self) -> None:
         """Phase 1: entries whose manual retry was cut short by a stop go back to ``dead``."""
@@ -221,7 +222,7 @@ class DeadLetters:
     async def start_retry(self, entry_id: str, *, operator: str, reason: str) -> DeadLetter:
         """Mark the entry ``retrying`` and record the retry; the bus then redelivers it."""
 
-        def begin(conn: sqlite3.Connection) -> Any:
+        def begin(conn: sqlite3.Connection) -> tuple[sqlite3.Row, int]:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM dead_letters WHERE id = ?", (entry_id,)
             ).fetchone()
@@ -244,11 +245,13 @@ class DeadLetters:
                 " updated_at_ms = ?, retry_history = ? WHERE id = ?",
                 (now, json.dumps(history), entry_id),
             )
-            return conn.execute(
+            after = conn.execute(
                 f"SELECT {_COLUMNS} FROM dead_letters WHERE id = ?", (entry_id,)
             ).fetchone()
+            return after, row["updated_at_ms"]
 
-        entry = _entry(await self._store.write(begin))
+        row, self._updated_before[entry_id] = await self._store.write(begin)
+        entry = _entry(row)
         self.depth -= 1
         return entry
 
@@ -265,12 +268,14 @@ class DeadLetters:
                     (json.dumps(failed), reason, now_ms(), entry_id),
                 )
 
+        self._updated_before.pop(entry_id, None)
         await self._store.write(end)
         if failed:
             self.depth += 1
 
     async def cancel_retry(self, entry_id: str) -> None:
         """The redelivery was refused (backpressure): undo ``start_retry`` completely."""
+        updated = self._updated_before.pop(entry_id, None)
 
         def undo(conn: sqlite3.Connection) -> None:
             row = conn.execute(
@@ -278,9 +283,9 @@ class DeadLetters:
             ).fetchone()
             history = json.loads(row["retry_history"])[:-1]
             conn.execute(
-                "UPDATE dead_letters SET state = 'dead', retry_count = retry_count - 1, retry_history = ?"
-                " WHERE id = ?",
-                (json.dumps(history), entry_id),
+                "UPDATE dead_letters SET state = 'dead', retry_count = retry_count - 1,"
+                " retry_history = ?, updated_at_ms = coalesce(?, updated_at_ms) WHERE id = ?",
+                (json.dumps(history), updated, entry_id),
             )
 
         await self._store.write(undo)

@@ -105,7 +105,7 @@ class Hooks:
                             result = await result
             except TimeoutError:
                 raise self.failed(plugin, hook, f"{hook} timed out after {timeout:g} s") from None
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - isolated: counted, logged, reported
                 raise self.failed(plugin, hook, f"{type(exc).__name__}: {exc}", exc) from None
         return result
 

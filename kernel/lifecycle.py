@@ -102,7 +102,7 @@ class Lifecycle:
         kernel = self._kernel
         self._status = "starting"
         await kernel.publish_system("gateway:starting", {"phase": self._phase}, source="gateway")
-        steps = (kernel.open_storage, kernel.start_plugins, _nothing, _nothing)
+        steps = (kernel.open_storage, kernel.start_plugins, _nothing, kernel.sources.start_all)
         try:
             async with asyncio.timeout(kernel.config.get("runtime.start_timeout_sec")):
                 for phase, step in enumerate(steps, start=1):
@@ -141,6 +141,8 @@ class Lifecycle:
         """Undo the completed phases so that a later start may be tried (http-api §3)."""
         kernel = self._kernel
         with contextlib.suppress(Exception):
+            await kernel.sources.stop_all()
+        with contextlib.suppress(Exception):
             await kernel.plugins.stop_all()
         with contextlib.suppress(Exception):
             await kernel.close_storage()
@@ -174,7 +176,8 @@ class Lifecycle:
         await self._step(
             0, kernel.publish_system("gateway:stopping", {"phase": self._phase}, source="gateway")
         )
-        # 5 → 4 → 3: stop taking work; let the bus drain.
+        # 5 → 4 → 3: stop taking work and the sources; let the bus drain.
+        await self._step(4, kernel.sources.stop_all())
         drain = kernel.config.get("runtime.drain_timeout_sec")
         await self._step(4, kernel.bus.drain(drain, give_up=lambda: self.fast))
         self._set_phase(3)
@@ -205,5 +208,4 @@ class Lifecycle:
 
 
 async def _nothing() -> None:
-    """Phases 3 (workflows) and 4 (sources) start what plugins register for them; the kernel
-    itself has nothing to do there."""
+    """Phase 3 (workflows) starts what plugins register for it; the kernel has nothing to do."""

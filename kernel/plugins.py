@@ -58,8 +58,15 @@ BUILTINS: tuple[tuple[str, str, bool], ...] = (
     ("audit", "builtin_plugins.audit", True),
     ("metrics", "builtin_plugins.metrics", True),
     ("debug", "builtin_plugins.debug", True),
+    ("events", "builtin_plugins.events", True),
+    ("dlq", "builtin_plugins.dlq", True),
+    ("stream", "builtin_plugins.stream", True),
     ("llm-echo", "builtin_plugins.llm_echo", False),
     ("llm", "builtin_plugins.llm", True),
+    ("cron", "builtin_plugins.cron", False),
+    ("timers", "builtin_plugins.timers", False),
+    ("webhooks", "builtin_plugins.webhooks", False),
+    ("sources", "builtin_plugins.sources", True),
 )
 ESSENTIAL = frozenset(name for name, _, essential in BUILTINS if essential)
 
@@ -203,7 +210,7 @@ class PluginManager:
                     if dist and "Summary" in dist.metadata
                     else "",
                 )
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad third-party plugin is reported, not fatal
                 log.error("plugin %s (entry point) failed to load: %s", ep.name, exc)
 
     def _load(self, rec: Plugin) -> None:
@@ -331,7 +338,13 @@ class PluginManager:
                     rec.name, "health_check", f"health check failed: {rec.health.detail}"
                 )
             rec.handlers = self.hooks.collect("register_event_handlers", rec.name, ctx=rec.ctx)
+            for source in self.hooks.collect("register_sources", rec.name, ctx=rec.ctx):
+                try:
+                    await kernel.sources.add(rec.name, source)
+                except Exception as exc:  # a collision or a bad source fails the start
+                    raise self.hooks.failed(rec.name, "register_sources", str(exc), exc) from exc
         except HookFailed as exc:
+            await kernel.sources.remove_plugin(rec.name)
             with contextlib.suppress(HookFailed):
                 await self.hooks.call("on_shutdown", rec.name, ctx=rec.ctx, timeout=timeout)
             raise self._fail(rec, exc) from None
@@ -346,6 +359,7 @@ class PluginManager:
         return exc
 
     async def _stop(self, rec: Plugin) -> None:
+        await self._kernel.sources.remove_plugin(rec.name)
         self._kernel.bus.unsubscribe(rec.name)
         rec.contributed.clear()
         timeout = self._kernel.config.get("plugins.unload_timeout_sec")
@@ -366,7 +380,7 @@ class PluginManager:
             return result
         try:
             return self._kernel.converter.structure(dict(result), Health)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any malformed answer is an unhealthy plugin
             return Health(status="error", detail=f"health_check returned {result!r}")
 
     async def _health_loop(self) -> None:
@@ -489,7 +503,7 @@ class PluginManager:
             if hook not in rec.contributed:
                 try:
                     rec.contributed[hook] = self.hooks.collect(hook, rec.name, ctx=rec.ctx)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - isolated: counted and logged
                     self.hooks.failed(rec.name, hook, f"{type(exc).__name__}: {exc}", exc)
                     rec.contributed[hook] = []
             out += [Contribution(plugin=rec.name, item=item) for item in rec.contributed[hook]]

@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -143,11 +143,15 @@ class Router:
         except _Refused as refused:
             outcome, detail = refused.outcome, refused.detail
             response, _ = self._error(refused.error)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
             outcome = "error"
             response, detail = self._error(exc)
-        if audit is not None and response.status != 401:
+        if response.status == 401:
+            self._kernel.metrics.auth_failures.inc()  # the kernel's and the handlers' alike
+        elif audit is not None:
             await self._audit(req, ep, audit, outcome, detail)
+        if req.method == "HEAD" and not isinstance(response.body, bytes | str):
+            await _close(response.body)  # a stream that is never sent releases what it holds
         return self._finish(req, ep, response, started)
 
     async def _serve(
@@ -156,7 +160,6 @@ class Router:
         kernel, route = self._kernel, ep.route
         headers = {k.lower(): v for k, v in req.headers.items()}
         if not ep.public and not token_ok(headers, kernel.config.get("http.token")):
-            kernel.metrics.auth_failures.inc()
             raise Unauthorized("missing or invalid API token")
         if route.confirm and not confirmed(headers):
             raise _Refused(Conflict("confirmation required"), "confirm_required")
@@ -269,9 +272,12 @@ class Router:
         self, req: quart.Request, ep: Endpoint | None, response: Response, started: float
     ) -> quart.Response:
         body = response.body.encode() if isinstance(response.body, str) else response.body
+        streamed = not isinstance(body, bytes)
         if req.method == "HEAD":
             body = b""
         out = quart.Response(body, status=response.status, content_type=response.content_type)
+        if streamed:
+            out.timeout = None  # a stream stays open as long as it yields (design §3)
         for key, value in response.headers.items():
             out.headers[key] = value
         out.headers.setdefault("Cache-Control", "no-store")
@@ -287,6 +293,12 @@ class Router:
             (time.perf_counter() - started) * 1000,
         )
         return out
+
+
+async def _close(body: AsyncIterable[bytes | str]) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _PluginFailure(Exception):

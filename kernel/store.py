@@ -153,7 +153,7 @@ class SqliteStore:
                 try:
                     results.append((job, job.fn(conn), None))
                     conn.execute("RELEASE job")
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - handed to the awaiting writer
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     results.append((job, None, exc))

@@ -69,6 +69,7 @@ from .services import (
     Settings,
     Store,
 )
+from .sources import Emit, EventSource, ImChannel, SourceInfo, Sources
 
 __all__ = [
     "API_VERSION",
@@ -85,12 +86,15 @@ __all__ = [
     "Contribution",
     "DeadLetterQueue",
     "Delivery",
+    "Emit",
     "Event",
     "EventHandler",
     "EventMetadata",
+    "EventSource",
     "Failure",
     "Forbidden",
     "Health",
+    "ImChannel",
     "Invalid",
     "Lifecycle",
     "Migration",
@@ -108,6 +112,8 @@ __all__ = [
     "Route",
     "SdkError",
     "Settings",
+    "SourceInfo",
+    "Sources",
     "Stash",
     "StashKey",
     "Store",

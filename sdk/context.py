@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .services import AuditLog, Bus, Lifecycle, Plugins, Settings, Store
+    from .sources import Sources
 
 __all__ = ["PluginContext"]
 
@@ -37,6 +38,7 @@ class PluginContext:
     :ivar plugins: the plugin manager.
     :ivar audit: the audit log.
     :ivar registry: the kernel's Prometheus registry.
+    :ivar sources: the event source registry; sources the plugin adds belong to it.
     """
 
     name: str
@@ -53,6 +55,7 @@ class PluginContext:
     plugins: Plugins
     audit: AuditLog
     registry: CollectorRegistry
+    sources: Sources
 
     @property
     def config(self) -> Mapping[str, Any]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from .context import PluginContext
     from .models import ConfigKey, ConfigRule, EventHandler, Health, Migration, ProviderType, Route
+    from .sources import EventSource, ImChannel
 
 __all__ = ["API_VERSION", "hookspec"]
 
@@ -168,6 +169,39 @@ def register_llm_providers(ctx: PluginContext) -> list[ProviderType]:
 
     Read by the ``llm`` plugin while the contributing plugin runs; disabling the plugin makes its
     types unavailable (providers of that type report ``enabled: false``). Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_sources(ctx: PluginContext) -> list[EventSource]:
+    """Contribute event sources.
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.EventSource` (id, kind, mode, trust level and the
+        start/stop/pause/resume/reconfigure methods). Source ids are unique among all sources;
+        a collision fails the plugin's start.
+
+    Called once each time the plugin starts, after ``on_startup``. The kernel starts the sources
+    at phase 4 (or at once in a ready runtime), pauses them for operators and under
+    backpressure, and stops them when the plugin stops. Sources added later with
+    ``ctx.sources.add`` behave the same. Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_im_channels(ctx: PluginContext) -> list[ImChannel]:
+    """Contribute IM platforms (Telegram, Slack, Discord, Matrix, ...).
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.ImChannel`, each a platform name and a factory building the
+        source ``chat:<platform>:<instance>`` from the plugin's configuration.
+
+    Read while the plugin runs by ``POST /im-channel/{platform}/{instance}/reload``, which
+    shuts the old source down and starts a fresh one. Sync only.
 
     .. versionadded:: 1
     """

@@ -6,7 +6,7 @@ plugins. Value objects are frozen; the few mutable ones (``AuditNote``, ``Stash`
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any, Generic, Literal, TypeVar, cast
 
 from attrs import define, field, frozen
@@ -118,10 +118,17 @@ class Request:
 
 @frozen(kw_only=True)
 class Response:
-    """An explicit response, for handlers that do not answer with JSON (pages, metrics, files)."""
+    """An explicit response, for handlers that do not answer with JSON (pages, metrics, files).
+
+    ``body`` is the whole body (bytes, or str sent as UTF-8), or an async iterable of bytes or str
+    chunks that the kernel streams as they come, with no response time limit (Server-Sent Events,
+    ``/events/stream``). The kernel closes a streamed body when the stream ends, when the client
+    goes away, or without iterating it when the body is not sent (``HEAD``): an iterable that holds
+    resources releases them in its ``aclose()``.
+    """
 
     status: int = 200
-    body: bytes | str = b""
+    body: bytes | str | AsyncIterable[bytes | str] = b""
     content_type: str = "application/octet-stream"
     headers: Mapping[str, str] = field(factory=dict)
 

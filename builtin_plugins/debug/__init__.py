@@ -37,7 +37,7 @@ async def debug_metrics(ctx: PluginContext) -> dict[str, Any]:
         "dlq_depth": stats.get("dlq_depth", 0),
         "inflight_pipelines": stats.get("inflight_pipelines", 0),
         "inflight_skills": stats.get("inflight_skills", 0),
-        "sse_clients": stats.get("sse_clients", 0),
+        "sse_clients": _gauge(ctx, "sse_clients"),
         "phase": ctx.lifecycle.phase,
         "status": ctx.lifecycle.status,
         "uptime_sec": int(time.time() - ctx.lifecycle.started_at_ms / 1000),
@@ -51,3 +51,10 @@ async def debug_metrics(ctx: PluginContext) -> dict[str, Any]:
             for p in plugins
         ],
     }
+
+
+def _gauge(ctx: PluginContext, name: str) -> int:
+    """A gauge of the kernel's registry that another plugin owns (``sse_clients`` is the stream
+    plugin's); 0 while nobody registered it."""
+    value = ctx.registry.get_sample_value(name)
+    return int(value) if value is not None else 0

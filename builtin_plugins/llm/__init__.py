@@ -137,7 +137,7 @@ class Registry:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_SEC):
                 await backend.instance.probe()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failed probe is a state, not an error
             await self.record(name, exc)
         else:
             await self.record(name, None)

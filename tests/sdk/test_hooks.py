@@ -177,3 +177,67 @@ async def test_hook_register_llm_providers(make_kernel, serve_kernel, tmp_path):
     client = await serve_kernel(make_kernel(P(), config_path=path))
     body = await (await client.get("/health/llm")).get_json()
     assert (body["provider"], body["type"], body["model"]) == ("m", "mock", "mock-1")
+
+
+async def test_hook_register_sources(make_kernel, serve_kernel):
+    class Once:
+        id, kind, mode, trust_level = "plugin:once", "plugin", "push", "trusted"
+
+        def settings(self):
+            return {}
+
+        async def start(self, emit) -> None:
+            await emit("once.started", {"ok": True})
+
+        async def stop(self) -> None: ...
+
+        async def pause(self) -> None: ...
+
+        async def resume(self) -> None: ...
+
+        async def reconfigure(self, changes) -> None: ...
+
+    class P(Recorder):
+        @hookimpl
+        def register_sources(self):
+            return [Once()]
+
+    kernel = make_kernel(P())
+    await serve_kernel(kernel)
+    events = await kernel.bus.recent(10, event_type="once.started")
+    assert [(e.source, e.payload) for e in events] == [("plugin:once", {"ok": True})]
+    assert kernel.sources.get("plugin:once").events_emitted == 1
+
+
+async def test_hook_register_im_channels(make_kernel, serve_kernel):
+    from sdk import ImChannel
+
+    class Source:
+        kind, mode, trust_level = "im", "push", "untrusted"
+
+        def __init__(self, instance: str) -> None:
+            self.id = f"chat:mock:{instance}"
+
+        def settings(self):
+            return {}
+
+        async def start(self, emit) -> None: ...
+
+        async def stop(self) -> None: ...
+
+        async def pause(self) -> None: ...
+
+        async def resume(self) -> None: ...
+
+        async def reconfigure(self, changes) -> None: ...
+
+    class P(Recorder):
+        @hookimpl
+        def register_im_channels(self):
+            return [ImChannel(platform="mock", factory=Source)]
+
+    kernel = make_kernel(P())
+    client = await serve_kernel(kernel)
+    resp = await client.post("/im-channel/mock/main/reload")
+    assert await resp.get_json() == {"ok": True, "source_id": "chat:mock:main"}
+    assert kernel.sources.get("chat:mock:main").state == "running"

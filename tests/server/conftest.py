@@ -2,17 +2,23 @@
 
 ``aman`` is a factory fixture::
 
-    server = aman("--token", "t")          # started, /health/ready is 200
-    r = server.client().get("/runtime/status")
-    assert server.stop() == 0               # SIGTERM, the exit code
+    server = aman(token="t")                # started: /health/ready answered 200
+    with server.client() as c:              # httpx.Client sending "Authorization: Bearer t"
+        assert c.get("/runtime/status").status_code == 200
+    assert server.stop() == 0               # SIGTERM; the exit code
 
 Every process runs in its own session with ``cwd = tmp_path`` (unless told otherwise), a runtime
 directory under ``tmp_path``, a free loopback port, an environment without the host's ``AMAN_*``
 variables, and stderr captured to a file. Readiness is found by polling ``/health/ready`` against
 a deadline. Whatever is still running at teardown is killed.
 
-``run_aman(*args)`` runs a process that is expected to exit on its own (refusals) and returns its
-exit code and stderr.
+Extra arguments go to ``aman serve``; keywords choose ``env``, ``cwd``, ``runtime_dir``,
+``bind``, ``pythonpath`` and ``wait`` (``wait=False`` + ``server.wait_live()`` for a runtime
+that does not start by itself). ``module_aman`` is the same factory for a server shared by a
+module's tests. ``run_aman(*args)``
+runs a process that is expected to exit on its own (refusals) and returns its exit code and
+stderr; ``spawn_aman`` starts such processes side by side. ``entry_point_plugin`` writes a
+module plus a ``.dist-info`` that registers it under the ``aman.plugins`` entry point.
 """
 
 from __future__ import annotations
@@ -51,18 +57,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(name="free_port")
+@pytest.fixture(name="free_port", scope="session")
 def _free_port() -> Callable[[], int]:
     """``free_port()``: a loopback TCP port nobody listens on right now."""
     return free_port
 
 
-def clean_env(extra: Mapping[str, str] | None = None, pythonpath: Path | None = None) -> dict[str, str]:
+def clean_env(
+    extra: Mapping[str, str] | None = None, pythonpath: Path | None = None
+) -> dict[str, str]:
     """The host environment without ``AMAN_*`` variables, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AMAN_")}
     env["PYTHONUNBUFFERED"] = "1"
     if pythonpath is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH", "")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(pythonpath), env.get("PYTHONPATH", "")])
+        )
     env.update(extra or {})
     return env
 
@@ -123,8 +133,23 @@ class Server:
                     last = f"{r.status_code} {r.text}"
                 except httpx.TransportError as exc:
                     last = repr(exc)
-                time.sleep(0.02)
+                time.sleep(0.01)
         pytest.fail(f"aman serve not ready within {deadline_sec} s (last: {last}):\n{self.stderr}")
+
+    def wait_live(self, deadline_sec: float = START_DEADLINE_SEC) -> None:
+        """Poll ``/health/live`` until it answers 200 (phase 0 is enough)."""
+        deadline = time.monotonic() + deadline_sec
+        with httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(1.0)) as client:
+            while time.monotonic() < deadline:
+                if (code := self.proc.poll()) is not None:
+                    pytest.fail(f"aman serve exited with {code}:\n{self.stderr}")
+                try:
+                    if client.get("/health/live").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.01)
+        pytest.fail(f"aman serve not live within {deadline_sec} s:\n{self.stderr}")
 
     def wait_exit(self, timeout: float = STOP_DEADLINE_SEC) -> int:
         try:
@@ -153,40 +178,43 @@ class Server:
 StartServer = Callable[..., Server]
 
 
-@pytest.fixture
-def aman(tmp_path: Path) -> Iterator[StartServer]:
-    """Factory: ``aman(*extra_args, token=None, env=None, cwd=tmp_path, runtime_dir=...,
-    port=None, bind=None, pythonpath=None, wait=True)``.
+class Launcher:
+    """Starts ``aman serve`` processes whose files live under ``base`` and kills them on close."""
 
-    ``--bind 127.0.0.1:<free port>`` and ``--runtime-dir <tmp_path>/runtime`` are added unless
-    ``bind`` / ``runtime_dir`` say otherwise (``runtime_dir=False`` adds none).
-    """
-    started: list[Server] = []
-    count = 0
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.started: list[Server] = []
 
     def start(
+        self,
         *args: str,
         token: str | None = None,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
-        runtime_dir: Path | bool | None = None,
+        runtime_dir: Path | None = None,
         port: int | None = None,
         bind: str | None = None,
         pythonpath: Path | None = None,
         wait: bool = True,
     ) -> Server:
-        nonlocal count
-        count += 1
-        cwd = cwd or tmp_path
+        """``aman serve --bind 127.0.0.1:<free port> --runtime-dir <base>/runtime [--token T]
+        *args`` in ``cwd`` (default ``base``); ``bind`` replaces the bind address. Waits for
+        ``/health/ready`` unless ``wait`` is false."""
+        cwd = cwd or self.base
         port = port or free_port()
-        rt = tmp_path / "runtime" if runtime_dir is None else runtime_dir
-        cmd = [*aman_command(), "serve", "--bind", bind or f"127.0.0.1:{port}"]
-        if isinstance(rt, Path):
-            cmd += ["--runtime-dir", str(rt)]
+        rt = runtime_dir or self.base / "runtime"
+        cmd = [
+            *aman_command(),
+            "serve",
+            "--bind",
+            bind or f"127.0.0.1:{port}",
+            "--runtime-dir",
+            str(rt),
+        ]
         if token is not None:
             cmd += ["--token", token]
         cmd += list(args)
-        stderr_path = tmp_path / f"aman-{count}.stderr"
+        stderr_path = self.base / f"aman-{len(self.started) + 1}.stderr"
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
                 cmd,
@@ -201,42 +229,95 @@ def aman(tmp_path: Path) -> Iterator[StartServer]:
             proc,
             port=port,
             cwd=cwd,
-            runtime_dir=rt if isinstance(rt, Path) else cwd,
+            runtime_dir=rt,
             stderr_path=stderr_path,
             token=token or (env or {}).get("AMAN_HTTP_TOKEN"),
         )
-        started.append(server)
+        self.started.append(server)
         if wait:
             server.wait_ready()
         return server
 
-    yield start
-    for server in started:
-        server.kill()
+    def close(self) -> None:
+        for server in self.started:
+            server.kill()
 
 
 @pytest.fixture
-def run_aman(tmp_path: Path) -> Callable[..., tuple[int, str]]:
-    """Run ``aman <args>`` expecting it to exit by itself: ``(exit code, stderr)``."""
+def aman(tmp_path: Path) -> Iterator[StartServer]:
+    """Factory of servers for one test: see :meth:`Launcher.start`. Leftovers are killed."""
+    launcher = Launcher(tmp_path)
+    yield launcher.start
+    launcher.close()
 
-    def run(
-        *args: str,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        timeout: float = STOP_DEADLINE_SEC,
-    ) -> tuple[int, str]:
-        proc = subprocess.run(
+
+@pytest.fixture(scope="module")
+def module_aman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    """As ``aman``, for a server shared by the tests of a module (under a module temp dir)."""
+    launcher = Launcher(tmp_path_factory.mktemp("aman-module"))
+    yield launcher.start
+    launcher.close()
+
+
+class Exited:
+    """An ``aman`` process expected to exit by itself; ``result()`` → (exit code, stderr)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], stderr_path: Path) -> None:
+        self.proc = proc
+        self.stderr_path = stderr_path
+
+    def result(self, timeout: float = STOP_DEADLINE_SEC) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            pytest.fail(f"aman did not exit within {timeout} s:\n{self.stderr_path.read_text()}")
+        return code, self.stderr_path.read_text(errors="replace")
+
+
+def spawn_aman(
+    base: Path, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Exited:
+    """Start ``aman <args>`` in ``cwd`` (default ``base``) without waiting; several can run at
+    once (start-up is mostly imports, so running the refusals side by side saves time)."""
+    stderr_path = base / f"exited-{time.monotonic_ns()}.stderr"
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(
             [*aman_command(), *args],
-            cwd=cwd or tmp_path,
+            cwd=cwd or base,
             env=clean_env(env),
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
             start_new_session=True,
         )
-        return proc.returncode, proc.stderr.decode(errors="replace")
+    return Exited(proc, stderr_path)
 
-    return run
+
+@pytest.fixture(name="spawn_aman", scope="session")
+def _spawn_aman() -> Callable[..., Exited]:
+    """``spawn_aman(base, *args, env=None, cwd=None)``: see :func:`spawn_aman`; the caller
+    kills what is left."""
+    return spawn_aman
+
+
+@pytest.fixture
+def run_aman(tmp_path: Path) -> Iterator[Callable[..., tuple[int, str]]]:
+    """``run_aman(*args, env=None, cwd=None)``: run ``aman`` expecting it to exit by itself;
+    returns ``(exit code, stderr)``."""
+    spawned: list[Exited] = []
+
+    def run(
+        *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> tuple[int, str]:
+        spawned.append(spawn_aman(tmp_path, *args, env=env, cwd=cwd))
+        return spawned[-1].result()
+
+    yield run
+    for item in spawned:
+        if item.proc.poll() is None:
+            item.proc.kill()
 
 
 @pytest.fixture
@@ -245,7 +326,9 @@ def entry_point_plugin() -> Callable[..., None]:
     return write_entry_point_plugin
 
 
-def write_entry_point_plugin(root: Path, module: str, name: str, source: str, version: str = "0.1.0") -> None:
+def write_entry_point_plugin(
+    root: Path, module: str, name: str, source: str, version: str = "0.1.0"
+) -> None:
     """A module ``<root>/<module>.py`` and a ``<module>-<version>.dist-info`` registering it under
     the ``aman.plugins`` entry point ``name``: what ``pip install`` of a plugin leaves behind."""
     (root / f"{module}.py").write_text(source)

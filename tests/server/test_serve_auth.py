@@ -27,7 +27,9 @@ def check_token_rules(base_url: str, token: str) -> None:
             assert_401(c.get(path))
             assert_401(c.get(path, headers={"Authorization": "Bearer wrong"}))
             assert_401(c.get(path, headers={"x-aman-token": "wrong"}))
-            assert c.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200, path
+            assert c.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200, (
+                path
+            )
             assert c.get(path, headers={"x-aman-token": token}).status_code == 200, path
         for path in PUBLIC:
             assert c.get(path).status_code == 200, path
@@ -36,10 +38,16 @@ def check_token_rules(base_url: str, token: str) -> None:
         # The scheme is case-sensitive; another scheme counts as absent (then x-aman-token is used).
         assert_401(c.get("/runtime/status", headers={"Authorization": f"bearer {token}"}))
         assert_401(c.get("/runtime/status", headers={"Authorization": f"Basic {token}"}))
-        r = c.get("/runtime/status", headers={"Authorization": f"Basic {token}", "x-aman-token": token})
+        r = c.get(
+            "/runtime/status", headers={"Authorization": f"Basic {token}", "x-aman-token": token}
+        )
         assert r.status_code == 200
         # A present but wrong Bearer value fails even with a right x-aman-token.
-        assert_401(c.get("/runtime/status", headers={"Authorization": "Bearer nope", "x-aman-token": token}))
+        assert_401(
+            c.get(
+                "/runtime/status", headers={"Authorization": "Bearer nope", "x-aman-token": token}
+            )
+        )
         # The token is never a query parameter outside /events/stream.
         assert_401(c.get("/runtime/status", params={"token": token}))
 
@@ -55,20 +63,8 @@ def test_token_from_flag(aman) -> None:
         assert TOKEN not in r.text
         assert r.json()["config"]["http"]["token"] == "[REDACTED]"
         assert "http.token" in r.json()["overridden"]
-    assert server.stop() == 0
 
-
-def test_token_from_environment(aman) -> None:
-    server = aman(env={"AMAN_HTTP_TOKEN": TOKEN})
-    check_token_rules(server.base_url, TOKEN)
-    with server.client(TOKEN) as c:
-        assert c.get("/runtime/config").json()["api_token_configured"] is True
-        assert "http.token" in c.get("/config").json()["overridden"]
-    assert server.stop() == 0
-
-
-def test_unauthenticated_calls_change_nothing_and_are_not_audited(aman) -> None:
-    server = aman(token=TOKEN)
+    # Refused calls change nothing and are not audited.
     with server.client(auth=False) as anon:
         assert_401(anon.post("/agent/shutdown", headers={"x-aman-confirm": "yes"}))
         assert_401(
@@ -83,4 +79,16 @@ def test_unauthenticated_calls_change_nothing_and_are_not_audited(aman) -> None:
         assert c.get("/config").json()["config"]["event_bus"]["max_queue_size"] == 10000
         assert c.get("/audit-log").json() == {"items": [], "next_cursor": None}
     assert not (server.cwd / "aman.toml").exists()
+    assert server.stop() == 0
+
+
+def test_token_from_environment_allows_a_non_loopback_bind(aman, free_port) -> None:
+    port = free_port()
+    server = aman(env={"AMAN_HTTP_TOKEN": TOKEN}, bind=f"0.0.0.0:{port}", port=port)
+    check_token_rules(server.base_url, TOKEN)
+    with server.client(TOKEN) as c:
+        cfg = c.get("/runtime/config").json()
+        assert cfg["api_token_configured"] is True
+        assert cfg["bind_addr"] == f"0.0.0.0:{port}"
+        assert "http.token" in c.get("/config").json()["overridden"]
     assert server.stop() == 0

@@ -60,7 +60,10 @@ def test_default_start_answers_health_and_runtime(aman, tmp_path: Path) -> None:
         # No token configured: the API is open, and any presented value is ignored.
         for path in ("/runtime/status", "/plugins", "/audit-log", "/config", "/debug/metrics"):
             assert c.get(path).status_code == 200, path
-        assert c.get("/runtime/status", headers={"Authorization": "Bearer whatever"}).status_code == 200
+        assert (
+            c.get("/runtime/status", headers={"Authorization": "Bearer whatever"}).status_code
+            == 200
+        )
 
     # The runtime dir was created where we said, with the SQLite store in it.
     assert (tmp_path / "runtime" / "aman.db").is_file()
@@ -71,7 +74,7 @@ def test_unknown_path_and_wrong_method_are_json(aman) -> None:
     server = aman(token="t")
     # No token needed for 404/405 (http-api §1.4 step 1 comes before auth).
     with server.client(auth=False) as c:
-        for path in ("/nope", "/health/live/", "/dlq/", "//health/live", "/Health/live"):
+        for path in ("/nope", "/health/live/", "/dlq/", "/health//live", "/Health/live"):
             r = c.get(path)
             assert r.status_code == 404, path
             assert r.headers["content-type"] == JSON
@@ -104,4 +107,7 @@ def test_unknown_path_and_wrong_method_are_json(aman) -> None:
         assert all(" " in line for line in lines)
         assert "runtime_phase 5.0" in lines
         assert "runtime_ready 1.0" in lines
-        assert any(line.startswith("http_auth_failures_total ") and not line.endswith(" 0.0") for line in lines)
+        assert any(
+            line.startswith("http_auth_failures_total ") and not line.endswith(" 0.0")
+            for line in lines
+        )

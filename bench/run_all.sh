@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run every benchmark in bench/, one after the other, with the interpreter that has aman
+# installed ($PYTHON, default python3). Extra arguments go to every benchmark (e.g. --quick).
+# The benchmarks are reports: they print PASS/FAIL per target and exit 0; this script fails only
+# if a benchmark could not run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+
+# Every benchmark, in order. (bare_quart.py is the anchor app of http_overhead.py, not a benchmark.)
+BENCHMARKS=(
+  bench/http_overhead.py
+)
+
+status=0
+for bench in "${BENCHMARKS[@]}"; do
+  echo "=== $bench"
+  "$PYTHON" "$bench" "$@" || status=1
+  echo
+done
+exit "$status"

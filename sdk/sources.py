@@ -1,0 +1,128 @@
+"""Event sources: what produces events (http-api §6).
+
+A plugin contributes sources with ``register_sources`` (or adds them while it runs with
+``ctx.sources.add``). The kernel keeps the registry: it starts sources at phase 4, stops them
+before the bus drains at shutdown, pauses them under backpressure (level L3 and above) and for
+operators, and publishes what they emit with their id as the event source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from attrs import frozen
+
+from .models import PublishResult, TrustLevel
+
+__all__ = ["Emit", "EventSource", "ImChannel", "SourceInfo", "Sources"]
+
+Mode = Literal["pull", "push"]
+State = Literal["registered", "running", "paused", "shutdown"]
+
+
+class Emit(Protocol):
+    """Publishes one event of a source: ``await emit("timer_tick", {...})``. The source id is the
+    event source and the source's trust level is the event's. Keyword options are those of
+    ``Bus.publish`` (priority, delivery, ttl_ms, dedup_key, agent_id, trace_id). Raises
+    :class:`~sdk.Unavailable` while the source is paused or over its rate limit."""
+
+    def __call__(
+        self, event_type: str, payload: Any = None, **options: Any
+    ) -> Awaitable[PublishResult]: ...
+
+
+@runtime_checkable
+class EventSource(Protocol):
+    """A source a plugin implements.
+
+    :ivar id: unique among all sources (``timer:heartbeat``, a cron job id, ``chat:slack:team``).
+    :ivar kind: ``timer``, ``watch``, ``cron``, ``webhook``, ``plugin`` or ``im``.
+    :ivar mode: ``pull`` (it polls on its own schedule) or ``push`` (something delivers to it).
+    :ivar trust_level: the trust of the events it emits.
+    """
+
+    id: str
+    kind: str
+    mode: Mode
+    trust_level: TrustLevel
+
+    def settings(self) -> Mapping[str, Any]:
+        """Its current configuration, as shown in the Source object's ``config``."""
+        ...
+
+    async def start(self, emit: Emit) -> None:
+        """Begin producing; keep ``emit`` to publish. Called at phase 4, or at once when the
+        source is added to a ready runtime, and on resume of a never-started source."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop producing and release resources (removal, plugin stop, runtime shutdown)."""
+        ...
+
+    async def pause(self) -> None:
+        """Stop polling or listening for a while (operator or backpressure); keep state."""
+        ...
+
+    async def resume(self) -> None:
+        """Produce again after :meth:`pause`."""
+        ...
+
+    async def reconfigure(self, changes: Mapping[str, Any]) -> None:
+        """Validate and apply a partial configuration (given keys replace, others are kept).
+        Raise :class:`~sdk.Invalid` for an unknown key or a bad value; then nothing changes."""
+        ...
+
+
+@frozen(kw_only=True)
+class ImChannel:
+    """An IM platform a plugin contributes with ``register_im_channels``.
+
+    :param platform: ``telegram``, ``slack``, ...
+    :param factory: ``factory(instance)`` builds the source ``chat:<platform>:<instance>`` from
+        the plugin's configuration; it raises :class:`~sdk.NotFound` when the instance has no
+        credentials and :class:`~sdk.Invalid` when they are unusable.
+    """
+
+    platform: str
+    factory: Callable[[str], EventSource]
+
+
+@frozen(kw_only=True)
+class SourceInfo:
+    """The Source object of http-api §6."""
+
+    id: str
+    kind: str
+    plugin: str | None
+    mode: Mode
+    trust_level: TrustLevel
+    state: State
+    paused_by: list[str]
+    config: Mapping[str, Any]
+    events_emitted: int
+    last_event_at_ms: int | None
+
+
+class Sources(Protocol):
+    """The kernel's source registry, as ``ctx.sources``. Sources a plugin adds belong to it and
+    are removed when it stops."""
+
+    async def add(self, source: EventSource) -> SourceInfo: ...
+
+    async def remove(self, source_id: str) -> None: ...
+
+    def get(self, source_id: str) -> SourceInfo: ...
+
+    def list(self) -> list[SourceInfo]: ...
+
+    async def pause(self, source_id: str) -> SourceInfo: ...
+
+    async def resume(self, source_id: str) -> SourceInfo: ...
+
+    async def configure(self, source_id: str, changes: Mapping[str, Any]) -> SourceInfo: ...
+
+    async def replace(self, source: EventSource, *, owner: str) -> SourceInfo:
+        """Shut down the source with the same id (errors ignored) and add this one for ``owner``
+        (an IM channel reload)."""
+        ...
