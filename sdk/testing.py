@@ -26,6 +26,7 @@ importing ``sdk`` never loads the kernel.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -38,7 +39,20 @@ try:
 except ImportError:  # pragma: no cover - without pytest-asyncio only the sync fixtures exist
     pytest_asyncio = None  # type: ignore[assignment]
 
-__all__ = ["aman_plugins", "aman_settings", "make_kernel"]
+__all__ = ["aman_plugins", "aman_settings", "make_kernel", "serve", "wait_for"]
+
+
+async def wait_for(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.005
+) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds. For
+    effects that happen after a call returns (a subscriber got an event, a source ticked)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
 
 
 @pytest.fixture

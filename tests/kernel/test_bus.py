@@ -9,15 +9,10 @@ from typing import Any
 import pytest
 
 from sdk import EventHandler, Forbidden, Invalid, Unavailable, hookimpl
+from sdk.testing import wait_for
 
 FAST = {"event_bus.retry_backoff_ms": [1]}
 
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
 
 
 class Sink:

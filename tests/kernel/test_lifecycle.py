@@ -7,15 +7,10 @@ import asyncio
 import pytest
 
 from sdk import EventHandler, hookimpl
+from sdk.testing import wait_for
 
 CONFIRM = {"x-aman-confirm": "yes"}
 
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class Counting:

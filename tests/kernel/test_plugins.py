@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from sdk import ConfigError, ConfigKey, EventHandler, Health, Migration, Route, hookimpl
+from sdk.testing import wait_for
 
 CONFIRM = {"x-aman-confirm": "yes"}
 
@@ -44,12 +45,6 @@ class Hello:
     async def ping(self, ctx) -> dict[str, str]:
         return {"pong": ctx.name}
 
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def plugin_info(client, name: str) -> dict[str, Any]:

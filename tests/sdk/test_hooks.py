@@ -5,22 +5,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from prometheus_client import Gauge
 
 from sdk import ConfigError, ConfigKey, EventHandler, Health, Migration, Route, hookimpl
+from sdk.testing import wait_for
 
 CONFIRM = {"x-aman-confirm": "yes"}
 
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 class Recorder:

@@ -13,6 +13,7 @@ import pytest
 
 from builtin_plugins.events import KNOWN_TYPES, find_cycle
 from sdk import Event, EventHandler, EventMetadata, hookimpl
+from sdk.testing import wait_for
 
 DEBUG = {"debug.force_enable_debug_endpoints": True, "event_bus.retry_backoff_ms": [1]}
 OPS = {"x-aman-operator": "ops"}
@@ -39,12 +40,6 @@ class Recorder:
         await self.gate.wait()
         self.seen.append(event)
 
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.002)
 
 
 @pytest.fixture(name="setup")

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from sdk import Event, EventHandler, hookimpl
+from sdk.testing import wait_for
 
 CONFIRM = {"x-aman-confirm": "yes"}
 
@@ -37,12 +38,6 @@ class Recorder:
     def of(self, source: str) -> list[Event]:
         return [e for e in self.seen if e.source == source]
 
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture(name="start")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sdk import Event, EventHandler, hookimpl
+from sdk.testing import wait_for as _wait_for
 
 FILE_EVENTS = ("file_created", "file_changed", "file_deleted")
 
@@ -35,11 +36,10 @@ class Recorder:
         ]
 
 
+
 async def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+    """File events arrive through the OS watcher: allow more time than the default."""
+    await _wait_for(predicate, timeout=timeout, interval=0.02)
 
 
 async def until_watching(recorder: Recorder, directory: Path, source: str = "watch:inbox") -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sdk import Event, EventHandler, hookimpl
+from sdk.testing import wait_for
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 CONFIRM = {**TOKEN, "x-aman-confirm": "yes"}
@@ -27,12 +28,6 @@ class Recorder:
     async def handle(self, event: Event) -> None:
         self.seen.append(event)
 
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 TABLES = (
