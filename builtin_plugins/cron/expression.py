@@ -11,7 +11,6 @@ fire once, at their first occurrence (formats §6.3).
 
 from __future__ import annotations
 
-import calendar
 import itertools
 import re
 from collections.abc import Iterator
@@ -48,7 +47,12 @@ ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_MONTHS = {name.upper(): i for i, name in enumerate(calendar.month_abbr) if name}
+_MONTHS = {
+    name: i
+    for i, name in enumerate(
+        ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1
+    )
+}  # spelt out: calendar.month_abbr follows the locale
 _WEEKDAYS = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
 # (name, minimum, maximum, names)
 _FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
@@ -103,39 +107,12 @@ class CronExpression:
     days_restricted: bool  # day-of-month is neither ``*`` nor ``?``
     weekdays_restricted: bool  # day-of-week is neither ``*`` nor ``?``
 
-    # --- matching ---------------------------------------------------------------------------
-
-    def day_matches(self, year: int, month: int, day: int) -> bool:
-        """Whether a calendar day fires (month, then the day rule of formats §6.2)."""
-        if month not in self.months:
-            return False
-        in_days = day in self.days
-        in_weekdays = (calendar.weekday(year, month, day) + 1) % 7 in self.weekdays
-        if self.days_restricted and self.weekdays_restricted:
-            return in_days or in_weekdays
-        if self.days_restricted:
-            return in_days
-        if self.weekdays_restricted:
-            return in_weekdays
-        return True
-
-    def matches(self, wall: datetime) -> bool:
-        """Whether a wall-clock time (naive, whole seconds) is one of the expression's times."""
-        return (
-            wall.second in self.seconds
-            and wall.minute in self.minutes
-            and wall.hour in self.hours
-            and self.day_matches(wall.year, wall.month, wall.day)
-        )
-
     def croniter_form(self) -> str:
         """The normalised 6-field form (seconds first) handed to croniter: explicit value lists,
         ``*`` only for an unrestricted field."""
 
-        def render(values: frozenset[int], full: range, restricted: bool = True) -> str:
-            if not restricted or (len(values) == len(full) and values == set(full)):
-                return "*"
-            return ",".join(str(v) for v in sorted(values))
+        def render(values: frozenset[int], full: range) -> str:
+            return "*" if values == set(full) else ",".join(str(v) for v in sorted(values))
 
         days = ",".join(str(v) for v in sorted(self.days)) if self.days_restricted else "*"
         weekdays = ",".join(str(v) for v in sorted(self.weekdays)) if self.weekdays_restricted else "*"
@@ -310,6 +287,8 @@ def _value(text: str, token: str, spec: tuple[str, int, int, dict[str, int]], it
 def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name``; raise :class:`UnknownZone` for anything else."""
     if not name or name != name.strip() or name.startswith(("/", ".")) or ".." in name:
+        raise UnknownZone(name)
+    if name in ("localtime", "posixrules"):  # files of the host's database, not zone names
         raise UnknownZone(name)
     try:
         return ZoneInfo(name)

@@ -314,20 +314,18 @@ class Scheduler:
             self._check_schedule(merged["expression"], merged["timezone"])
         if "agent_key" in changes:
             self._check_agent(merged["agent_key"])
-        rearm = any(
-            key in changes and changes[key] != getattr(record, key)
-            for key in ("expression", "timezone", "enabled")
-        )
+        changed = {key for key, value in changes.items() if value != getattr(record, key)}
+        if not changed:
+            return self.job(job_id)  # idempotent: the same values change nothing, not even updated_at
         async with self._lock:
             for key, value in merged.items():
                 setattr(record, key, value)
-            if changes:
-                record.updated_at_ms = _ms(self.clock())
+            record.updated_at_ms = _ms(self.clock())
             source.expression = cron.parse(record.expression)
             source.tz = cron.zone(record.timezone)
             await self._save(record)
-        if rearm:
-            await self.arm(source)
+        if changed & {"expression", "timezone", "enabled"}:
+            await self.arm(source)  # the new schedule starts from now
         return self.job(job_id)
 
     async def remove(self, job_id: str) -> None:
@@ -335,6 +333,9 @@ class Scheduler:
         if job_id not in self._sources:
             raise NotFound(f"cron job not found: {job_id}")
         with contextlib.suppress(NotFound):
+            if "operator" in self._ctx.sources.get(job_id).paused_by:
+                # the registry keeps operator pauses by id; a new job with this id starts afresh
+                await self._ctx.sources.resume(job_id)
             await self._ctx.sources.remove(job_id)
         async with self._lock:
             self._sources.pop(job_id, None)

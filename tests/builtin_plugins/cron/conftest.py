@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,13 +75,6 @@ class Cron:
         return sorted(e.payload["scheduled_at"] for e in events)
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 @pytest.fixture(name="start_cron")
 def _start_cron(make_kernel, serve_kernel) -> Callable[..., Any]:
     """``cron = await start_cron(settings={...}, runtime_dir=...)``."""
@@ -99,8 +91,3 @@ def _start_cron(make_kernel, serve_kernel) -> Callable[..., Any]:
 @pytest.fixture(name="cron")
 async def _cron(start_cron) -> Cron:
     return await start_cron()
-
-
-@pytest.fixture(name="eventually")
-def _eventually() -> Callable[..., Any]:
-    return eventually

@@ -6,6 +6,8 @@ import re
 import sqlite3
 from datetime import UTC, datetime
 
+from sdk.testing import wait_for
+
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
 
 
@@ -13,10 +15,10 @@ def ms_of(scheduled_at: str) -> int:
     return int(datetime.fromisoformat(scheduled_at).timestamp() * 1000)
 
 
-async def test_a_six_field_job_publishes_cron_ticks(cron, eventually):
+async def test_a_six_field_job_publishes_cron_ticks(cron):
     resp = await cron.add(id="every-second", expression="*/1 * * * * *", timezone="Asia/Kolkata", agent_key="aman")
     assert resp.status_code == 200
-    await eventually(lambda: len(cron.ticks()) >= 2)
+    await wait_for(lambda: len(cron.ticks()) >= 2)
     first, second = cron.ticks()[:2]
     assert first.source == "every-second"
     assert (first.event_type, first.delivery, first.trust_level) == ("cron_tick", "at_least_once", "trusted")
@@ -135,7 +137,7 @@ async def test_jobs_survive_a_restart(start_cron, tmp_path):
     assert await second.published() == []  # the operator's pause outlives run_once
 
 
-async def test_after_a_restart_skip_publishes_nothing_and_run_once_exactly_one(start_cron, tmp_path, eventually):
+async def test_after_a_restart_skip_publishes_nothing_and_run_once_exactly_one(start_cron, tmp_path):
     runtime = tmp_path / "rt"
     first = await start_cron(runtime_dir=runtime)
     for job_id, misfire in (("skipper", "skip"), ("catcher", "run_once")):
@@ -151,7 +153,7 @@ async def test_after_a_restart_skip_publishes_nothing_and_run_once_exactly_one(s
     assert await second.published("catcher") == [latest]  # only the latest of three missed
     assert await second.published("skipper") == []
     assert (await second.job("catcher"))["last_run_at_ms"] == ms_of(latest)
-    await eventually(lambda: [e.payload["scheduled_at"] for e in second.ticks()] == [latest])
+    await wait_for(lambda: [e.payload["scheduled_at"] for e in second.ticks()] == [latest])
     await second.kernel.lifecycle.shutdown()
 
     third = await start_cron(runtime_dir=runtime)

@@ -190,7 +190,9 @@ async def test_an_empty_update_changes_nothing(cron):
     job = (await (await cron.add(id="j", expression="@daily")).get_json())["job"]
     assert await answer(await cron.client.post("/cron/j/update")) == (200, {"ok": True, "job": job})
     assert await answer(await cron.client.post("/cron/j/update", json={})) == (200, {"ok": True, "job": job})
-    assert [r[3] for r in await audits(cron.kernel, "cron.update")] == ["@daily", "@daily"]
+    same = {"expression": "@daily", "enabled": True, "prompt": None, "timezone": "UTC"}
+    assert await answer(await cron.client.post("/cron/j/update", json=same)) == (200, {"ok": True, "job": job})
+    assert [r[3] for r in await audits(cron.kernel, "cron.update")] == ["@daily", "@daily", "@daily"]
 
 
 async def test_disabling_clears_the_next_run_and_enabling_sets_it(cron):
@@ -259,6 +261,14 @@ async def test_remove_deletes_the_job_and_its_source(cron):
         ("ops", "cron:j", "ok", ""), ("api", "cron:k", "ok", ""), ("api", "cron:j", "error", "cron job not found: j")
     ]
     assert (await cron.add(id="j", expression="@hourly")).status_code == 200  # the id is free again
+
+
+async def test_a_new_job_does_not_inherit_the_pause_of_a_removed_one(cron):
+    await cron.add(id="j", expression="@daily")
+    await cron.client.post("/event-source/j/pause")
+    await cron.client.post("/cron/j/remove")
+    await cron.add(id="j", expression="@daily")
+    assert (await cron.job("j"))["state"] == "running"
 
 
 # --- jobs are event sources --------------------------------------------------------------------
