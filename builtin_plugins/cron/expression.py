@@ -18,8 +18,6 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from attrs import frozen
-from croniter import croniter
-from croniter.croniter import CroniterBadDateError
 
 __all__ = [
     "NEVER_FIRES_YEARS",
@@ -131,6 +129,9 @@ class CronExpression:
 
     def _walls(self, start: datetime, *, backwards: bool = False) -> Iterator[datetime]:
         """Matching wall-clock times strictly after (or before) the naive ``start``."""
+        from croniter import croniter  # imported when first needed: keeps start-up short
+        from croniter.croniter import CroniterBadDateError
+
         it = croniter(self.croniter_form(), start, second_at_beginning=True, day_or=True)
         step = it.get_prev if backwards else it.get_next
         try:

@@ -19,19 +19,22 @@ import logging
 import os
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from attrs import define
-from watchfiles import Change, awatch
 
 from sdk import TrustLevel, Unavailable
 
 from .base import ConfiguredSource, cancel
 
+if TYPE_CHECKING:
+    from watchfiles import Change
+
 __all__ = ["WatchSource"]
 
 log = logging.getLogger("aman.plugin.timers")
 
+_ADDED, _DELETED = 1, 3  # watchfiles.Change.added / .deleted
 STEP_MS = 50  # watchfiles: quiet time that closes a batch of raw changes
 GROUP_MS = 100  # watchfiles: longest batch
 RESCAN_MS = 1000  # how often missing and vanished paths are checked
@@ -96,6 +99,8 @@ class WatchSource(ConfiguredSource):
                 await asyncio.sleep(RESCAN_MS / 1000)
                 continue
             self._stop = asyncio.Event()
+            from watchfiles import awatch  # imported when a watch starts: keeps start-up short
+
             try:
                 watcher = awatch(
                     *present,
@@ -125,12 +130,12 @@ class WatchSource(ConfiguredSource):
             if os.path.isdir(path):
                 self._dirs.add(path)
                 continue
-            if change == Change.deleted and path in self._dirs:
+            if change == _DELETED and path in self._dirs:
                 self._dirs.discard(path)
                 continue
             pending = self._pending.get(path)
             if pending is None:
-                self._pending[path] = _Pending(first=now, last=now, existed=change != Change.added)
+                self._pending[path] = _Pending(first=now, last=now, existed=change != _ADDED)
             else:
                 pending.last = now
         if batch:
