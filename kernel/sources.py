@@ -94,10 +94,12 @@ class SourceRegistry:
             await self._start(entry)
         return self._info(entry)
 
-    async def remove(self, source_id: str) -> None:
+    async def remove(self, source_id: str, *, forget: bool = False) -> None:
         entry = self._entry(source_id)
         del self._entries[source_id]
         await self._stop(entry)
+        if forget and source_id in self._operator_paused:
+            await self._remember(source_id, False)
 
     async def remove_plugin(self, plugin: str) -> None:
         for source_id in [i for i, e in self._entries.items() if e.plugin == plugin]:
@@ -286,8 +288,8 @@ class PluginSources:
     async def add(self, source: EventSource) -> SourceInfo:
         return await self._registry.add(self._plugin, source)
 
-    async def remove(self, source_id: str) -> None:
-        await self._registry.remove(source_id)
+    async def remove(self, source_id: str, *, forget: bool = False) -> None:
+        await self._registry.remove(source_id, forget=forget)
 
     def get(self, source_id: str) -> SourceInfo:
         return self._registry.get(source_id)

@@ -333,10 +333,7 @@ class Scheduler:
         if job_id not in self._sources:
             raise NotFound(f"cron job not found: {job_id}")
         with contextlib.suppress(NotFound):
-            if "operator" in self._ctx.sources.get(job_id).paused_by:
-                # the registry keeps operator pauses by id; a new job with this id starts afresh
-                await self._ctx.sources.resume(job_id)
-            await self._ctx.sources.remove(job_id)
+            await self._ctx.sources.remove(job_id, forget=True)  # a new job with this id starts afresh
         async with self._lock:
             self._sources.pop(job_id, None)
             await self._delete(job_id)

@@ -269,3 +269,14 @@ async def test_im_channel_reload(make_kernel, serve_kernel):
     ]:
         resp = await client.post(path)
         assert (resp.status_code, (await resp.get_json())["error"]) == (status, error)
+
+
+async def test_removing_for_good_forgets_the_operator_pause(setup):
+    client, kernel, _, _ = setup
+    await client.post("/event-source/plugin:manual/pause")
+    await kernel.sources.remove("plugin:manual")  # kept: the source may come back
+    await kernel.sources.add("owner", Manual())
+    assert kernel.sources.get("plugin:manual").paused_by == ["operator"]
+    await kernel.sources.remove("plugin:manual", forget=True)
+    await kernel.sources.add("owner", Manual())
+    assert kernel.sources.get("plugin:manual").state == "running"
