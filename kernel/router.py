@@ -22,7 +22,7 @@ from urllib.parse import unquote
 import quart
 from attrs import frozen
 from werkzeug.exceptions import NotFound, RequestEntityTooLarge
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, MapAdapter, Rule
 
 from sdk import (
     AuditNote,
@@ -94,7 +94,7 @@ def _listed(route: Route, public_routes: Iterable[str]) -> bool:
 class Router:
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
-        self._table: tuple[Map, dict[str, Endpoint]] = (Map(), {})
+        self._table: tuple[MapAdapter, dict[str, Endpoint]] = (Map().bind("localhost"), {})
 
     def rebuild(
         self, plugins: Iterable[Plugin], public_routes: Callable[[Plugin], Iterable[str]]
@@ -117,7 +117,7 @@ class Router:
                 endpoints[name] = ep
                 rules.append(Rule(_rule(ep.path), endpoint=name, methods=[key[0]]))
         table = Map(rules, strict_slashes=True, merge_slashes=False, redirect_defaults=False)
-        self._table = (table, endpoints)
+        self._table = (table.bind("localhost"), endpoints)  # bound once, matched per request
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._table[1].values())
@@ -134,7 +134,7 @@ class Router:
         try:
             if "//" in raw_path:
                 raise NotFound()
-            name, raw_params = table.bind("localhost").match(raw_path, req.method)
+            name, raw_params = table.match(raw_path, req.method)
             ep = endpoints[name]
             params = {k: unquote(v) for k, v in raw_params.items()}
             if ep.route.audit:
