@@ -7,9 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
-# Every benchmark, in order. (bare_quart.py is the anchor app of http_overhead.py, not a benchmark.)
+# Every benchmark, in order. (bare_quart.py and sse_quart.py are the anchor apps of
+# http_overhead.py and sse_lag.py, not benchmarks.)
 BENCHMARKS=(
   bench/http_overhead.py
+  bench/bus_dispatch.py
+  bench/durable_publish.py
+  bench/sse_lag.py
+  bench/skills.py
 )
 
 status=0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pluggy
@@ -88,7 +88,10 @@ class Hooks:
             result = _call(fn, kwargs)
             if inspect.isawaitable(result):
                 raise TypeError(f"{hook} of plugin {plugin} must not be async")
-            out.extend(result or [])
+            if isinstance(result, Mapping):  # name -> callable hooks (guards, pipelines, ...)
+                out.extend(result.items())
+            else:
+                out.extend(result or [])
         return out
 
     async def call(self, hook: str, plugin: str, *, timeout: float, **kwargs: Any) -> Any:

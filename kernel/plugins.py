@@ -66,6 +66,9 @@ BUILTINS: tuple[tuple[str, str, bool], ...] = (
     ("cron", "builtin_plugins.cron", False),
     ("timers", "builtin_plugins.timers", False),
     ("webhooks", "builtin_plugins.webhooks", False),
+    ("capabilities", "builtin_plugins.capabilities", True),
+    ("workflows", "builtin_plugins.workflows", True),
+    ("skills", "builtin_plugins.skills", True),
     ("sources", "builtin_plugins.sources", True),
 )
 ESSENTIAL = frozenset(name for name, _, essential in BUILTINS if essential)

@@ -56,6 +56,7 @@ from .models import (
     in_range,
 )
 from .services import (
+    SKILL_RUNNER,
     AuditLog,
     AuditPage,
     AuditRecord,
@@ -67,12 +68,14 @@ from .services import (
     PluginInfo,
     Plugins,
     Settings,
+    SkillRunner,
     Store,
 )
 from .sources import Emit, EventSource, ImChannel, SourceInfo, Sources
 
 __all__ = [
     "API_VERSION",
+    "SKILL_RUNNER",
     "AuditLog",
     "AuditNote",
     "AuditPage",
@@ -112,6 +115,7 @@ __all__ = [
     "Route",
     "SdkError",
     "Settings",
+    "SkillRunner",
     "SourceInfo",
     "Sources",
     "Stash",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from prometheus_client import CollectorRegistry
 
@@ -202,6 +202,80 @@ def register_im_channels(ctx: PluginContext) -> list[ImChannel]:
 
     Read while the plugin runs by ``POST /im-channel/{platform}/{instance}/reload``, which
     shuts the old source down and starts a fresh one. Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_skill_executors(ctx: PluginContext) -> Mapping[str, Callable[..., Any]]:
+    """Give skills something to do: executors by skill name.
+
+    :param ctx: The plugin's context.
+    :returns: A mapping from skill name to an executor ``executor(event)`` (sync or async). A
+        skill without an executor is declarative: it succeeds without doing anything.
+
+    Read by the ``skills`` plugin while the contributing plugin runs, when it dispatches a
+    matching event to the skill and when a workflow action ``{skill: <name>}`` runs it. An
+    executor that raises (or exceeds its limit) fails that execution. Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_workflows(ctx: PluginContext) -> list[Mapping[str, Any]]:
+    """Contribute workflow definitions.
+
+    :param ctx: The plugin's context.
+    :returns: A list of definitions in the model of ``formats.md`` §3 (the canonical form, as
+        mappings), validated like workflow files.
+
+    Read by the ``workflows`` plugin at phase 3 and when the contributing plugin is enabled;
+    built-in definitions come first, then plugins', then files'. Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_guards(ctx: PluginContext) -> Mapping[str, Callable[..., Any]]:
+    """Contribute workflow guards by name.
+
+    :param ctx: The plugin's context.
+    :returns: A mapping from guard name to ``guard(instance, event) -> bool`` (sync or async).
+
+    Read by the ``workflows`` plugin when definitions are loaded (an unknown guard name is a load
+    error) and when a transition with that guard is taken. Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_pipelines(ctx: PluginContext) -> Mapping[str, Callable[..., Any]]:
+    """Contribute workflow pipelines by id, for actions ``{pipeline: <id>}``.
+
+    :param ctx: The plugin's context.
+    :returns: A mapping from pipeline id to ``pipeline(instance, event)`` (sync or async). It
+        fails the action by raising; it may return ``{"partial_rollback": True}``.
+
+    Read by the ``workflows`` plugin when an action runs (limit ``workflows.action_timeout_sec``).
+    Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_capabilities(ctx: PluginContext) -> list[str]:
+    """Declare capability names the plugin provides (``GET /capabilities``).
+
+    :param ctx: The plugin's context.
+    :returns: Capability names (``rss``, ``telegram``, ...).
+
+    Read by the ``capabilities`` plugin on every request while the plugin runs, so an installed
+    or enabled plugin's capabilities show up at once. Sync only.
 
     .. versionadded:: 1
     """

@@ -13,9 +13,10 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from attrs import frozen
 
-from .models import Contribution, Delivery, Event, Priority, PublishResult, TrustLevel
+from .models import Contribution, Delivery, Event, Priority, PublishResult, StashKey, TrustLevel
 
 __all__ = [
+    "SKILL_RUNNER",
     "AuditLog",
     "AuditPage",
     "AuditRecord",
@@ -27,6 +28,7 @@ __all__ = [
     "PluginInfo",
     "Plugins",
     "Settings",
+    "SkillRunner",
     "Store",
 ]
 
@@ -269,3 +271,17 @@ class AuditLog(Protocol):
         since_ms: int | None = None,
         until_ms: int | None = None,
     ) -> AuditPage: ...
+
+
+class SkillRunner(Protocol):
+    """What the ``skills`` plugin offers other plugins under :data:`SKILL_RUNNER` in the stash:
+    run one skill's executor with an event (a workflow action ``{skill: <name>}``)."""
+
+    async def run(self, name: str, event: Event) -> None:
+        """Run the skill; raise :class:`~sdk.NotFound` when it does not exist,
+        :class:`~sdk.Conflict` when it is disabled, or what its executor raised."""
+        ...
+
+
+#: The skills plugin puts its :class:`SkillRunner` here while it runs.
+SKILL_RUNNER: StashKey[SkillRunner] = StashKey()

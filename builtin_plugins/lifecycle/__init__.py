@@ -81,10 +81,13 @@ def _setting(ctx: PluginContext, key: str, default: Any) -> Any:
 
 
 def _path(ctx: PluginContext, key: str, default: str) -> str:
+    """``key`` resolved; ``<runtime.dir>/<default>`` when it is not declared or not set."""
     try:
-        return str(ctx.settings.resolve_path(key))
+        if ctx.settings.get(key):
+            return str(ctx.settings.resolve_path(key))
     except KeyError:
-        return str(ctx.settings.resolve_path("runtime.dir") / default)
+        pass
+    return str(ctx.settings.resolve_path("runtime.dir") / default)
 
 
 async def runtime_config(ctx: PluginContext) -> dict[str, Any]:

@@ -28,7 +28,8 @@ async def test_debug_metrics_fields(make_kernel, serve_kernel):
     }
     assert set(body) == expected
     assert body["phase"] == 5 and body["status"] == "ready"
-    assert body["subscription_count"] == 1
+    assert body["subscription_count"] == len(kernel.bus.subscribers())  # built-ins subscribe too
+    assert "plugin:sub" in kernel.bus.subscribers()
     assert body["throughput"] >= 2  # gateway:ready and x.test at least
     assert body["backpressure_level"] == "Normal"
     names = [p["name"] for p in body["plugin_health"]]
