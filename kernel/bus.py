@@ -474,13 +474,32 @@ class EventBus:
         del self._dedup[key]
         return None
 
+    def _forget_old_keys(self) -> None:
+        """Drop keys older than the window from the front of the (insertion-ordered) map, and
+        their rows now and then."""
+        horizon = now_ms() - self._config.get("event_bus.dedup_window_ms")
+        dropped = 0
+        while self._dedup:
+            key, (_, first_ms) = next(iter(self._dedup.items()))
+            if first_ms >= horizon:
+                break
+            del self._dedup[key]
+            dropped += 1
+        if dropped and self._store.is_open and self.persistent:
+            self._behind.add(_sql("DELETE FROM bus_dedup WHERE first_ms < ?", horizon))
+
     async def _accept(self, event: Event, *, overflow: bool) -> None:
         body = _dumps(event)
         durable = event.delivery in GUARANTEED and self.persistent
-        if event.dedup_key is not None and self._config.get("event_bus.dedup_window_ms"):
-            self._dedup[event.dedup_key] = (event.id, event.metadata.created_at)
+        # A default key is the event's own, freshly minted id: it can never be seen again, so
+        # only explicit keys are remembered (and the window stays as small as its traffic).
+        key = event.dedup_key
+        remember = key is not None and key != event.id and bool(self._config.get("event_bus.dedup_window_ms"))
+        if remember and key is not None:
+            self._forget_old_keys()
+            self._dedup[key] = (event.id, event.metadata.created_at)
         ops = [self._record_op(event, body)]
-        if event.dedup_key is not None and self.persistent:
+        if remember and self.persistent:
             ops.append(
                 lambda c: c.execute(
                     "INSERT OR REPLACE INTO bus_dedup VALUES (?, ?, ?)",

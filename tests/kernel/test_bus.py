@@ -371,3 +371,17 @@ async def test_bus_metrics_are_live(bus_of):
     assert value("event_bus_queue_depth", {"priority": "normal"}) == 0
     assert value("dlq_depth") == 0
     assert value("events_discarded_total") == 0
+
+
+async def test_the_dedup_window_only_holds_explicit_keys_and_forgets_old_ones(bus_of):
+    kernel = await bus_of(**{"event_bus.dedup_window_ms": 50})
+    for n in range(20):
+        await kernel.bus.publish("t.test", n, delivery="at_least_once")  # default keys
+    assert kernel.bus._dedup == {}
+    await kernel.bus.publish("t.test", "a", dedup_key="old")
+    await asyncio.sleep(0.06)  # let the 50 ms window pass (real time, not synchronisation)
+    await kernel.bus.publish("t.test", "b", dedup_key="new")
+    assert list(kernel.bus._dedup) == ["new"]
+    await kernel.bus.flush()
+    rows = await kernel.store.fetchall("SELECT key FROM bus_dedup")
+    assert [r[0] for r in rows] == ["new"]
