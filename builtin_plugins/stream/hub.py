@@ -10,7 +10,6 @@ their schedules, drains its buffer, and ends with a ``shutdown`` frame when the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -91,13 +90,16 @@ class ClientBuffer:
             self._ready.clear()
         return out
 
-    async def wait(self, timeout: float) -> None:
-        """Until a frame arrives, the buffer is closed, or ``timeout`` seconds pass."""
-        if self._frames or self.dropped or self.closed or timeout <= 0:
+    def nudge(self) -> None:
+        """Wake the reader without a frame, so that it looks at its schedules (the hub's tick)."""
+        self._ready.set()
+
+    async def wait(self) -> None:
+        """Until a frame arrives, the buffer is closed, or the hub's next tick (``TICK_SEC``).
+        One timer for all clients instead of a timeout per wait keeps a frame cheap."""
+        if self._frames or self.dropped or self.closed:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._ready.wait()
+        await self._ready.wait()
 
 
 @define(eq=False)
@@ -153,6 +155,7 @@ class Hub:
 
     ctx: PluginContext
     clients: set[Client] = field(factory=set)
+    _ticker: asyncio.TimerHandle | None = None
 
     @property
     def stopping(self) -> bool:
@@ -164,7 +167,15 @@ class Hub:
         buffer = ClientBuffer(self.ctx.settings.get("sse.client_buffer"))
         client = Client(buffer=buffer, full=full, types=types, session_id=session_id)
         self.clients.add(client)
+        if self._ticker is None:
+            self._tick()
         return client
+
+    def _tick(self) -> None:
+        """Every ``TICK_SEC`` while streams are open: let each look at its schedules."""
+        for client in self.clients:
+            client.buffer.nudge()
+        self._ticker = asyncio.get_running_loop().call_later(TICK_SEC, self._tick) if self.clients else None
 
     def leave(self, client: Client) -> None:
         client.buffer.close()
@@ -261,8 +272,7 @@ class EventStream:
                 if chunk:
                     yield b"".join(chunk)
                     continue
-                due = min(snapshot_due if client.full else runtime_due, runtime_due, heartbeat_due)
-                await buffer.wait(min(due - now, TICK_SEC))
+                await buffer.wait()
         finally:
             hub.leave(client)
 
