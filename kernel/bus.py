@@ -23,6 +23,7 @@ import contextlib
 import inspect
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections import deque
@@ -98,15 +99,14 @@ MIGRATIONS = [
 ]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_name(value: str, what: str) -> None:
     """http-api §1.9: 1–128 characters, no control characters, no surrounding whitespace."""
     if not isinstance(value, str) or not value.strip():
         raise Invalid(f"{what} cannot be empty")
-    if (
-        len(value) > 128
-        or value != value.strip()
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
-    ):
+    if len(value) > 128 or value != value.strip() or _CONTROL.search(value):
         raise Invalid(
             f"{what} must be 1-128 characters without control characters or surrounding whitespace"
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 __all__ = ["now_ms", "uuid7"]
 
@@ -19,6 +18,7 @@ def now_ms() -> int:
 
 def uuid7() -> str:
     """A UUIDv7 string, monotonic within this process (RFC 9562, method 1: 12-bit counter)."""
+    entropy = int.from_bytes(os.urandom(10), "big")
     with _lock:
         ms = now_ms()
         if ms <= _last[0]:
@@ -28,9 +28,10 @@ def uuid7() -> str:
                 ms += 1
                 _last[1] = 0
         else:
-            _last[1] = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            _last[1] = entropy & 0x3FF  # a random start leaves room to count up
         _last[0] = ms
         counter = _last[1]
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand = (entropy >> 16) & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
