@@ -271,6 +271,8 @@ class EventBus:
         self._task: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._behind = _WriteBehind(store)
+        self._durable_ops: list[Callable[[sqlite3.Connection], object]] = []
+        self._durable_future: asyncio.Future[None] | None = None
         self._behind.on_recorded = self._pruned
         self._dedup: dict[str, tuple[str, int]] = {}
         self._depth = 0
@@ -474,6 +476,37 @@ class EventBus:
         del self._dedup[key]
         return None
 
+    async def _commit_durable(self, ops: list[Callable[[sqlite3.Connection], object]]) -> None:
+        """Store a guaranteed event's rows before its publisher gets the id. The publishes of one
+        loop turn share one store job, so many concurrent publishers cost one round trip to the
+        writer; if that job fails, none of them is acknowledged."""
+        if self._durable_future is None:
+            loop = asyncio.get_running_loop()
+            self._durable_future = loop.create_future()
+            loop.call_soon(self._flush_durable)
+        future = self._durable_future
+        self._durable_ops.extend(ops)
+        await asyncio.shield(future)
+
+    def _flush_durable(self) -> None:
+        ops, future = self._durable_ops, self._durable_future
+        self._durable_ops, self._durable_future = [], None
+        assert future is not None
+
+        def run(conn: sqlite3.Connection) -> None:
+            for op in ops:
+                op(conn)
+
+        def settle(job: asyncio.Future[None]) -> None:
+            if job.cancelled():
+                future.cancel()
+            elif (error := job.exception()) is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(None)
+
+        asyncio.ensure_future(self._store.write(run)).add_done_callback(settle)
+
     def _forget_old_keys(self) -> None:
         """Drop keys older than the window from the front of the (insertion-ordered) map, and
         their rows now and then."""
@@ -515,11 +548,7 @@ class EventBus:
                 )
             )
 
-            def commit(conn: sqlite3.Connection) -> None:
-                for op in ops:
-                    op(conn)
-
-            await self._store.write(commit)
+            await self._commit_durable(ops)
         elif self._store.is_open:
             self._behind.record((event.id, event.metadata.trace_id, event.event_type, event.source, body))
             for op in ops[1:]:
