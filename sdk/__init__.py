@@ -53,6 +53,7 @@ from .models import (
     Stash,
     StashKey,
     TrustLevel,
+    UiPage,
     in_range,
 )
 from .services import (
@@ -66,12 +67,15 @@ from .services import (
     Lifecycle,
     PluginChange,
     PluginInfo,
+    PluginInstalled,
     Plugins,
+    PluginUninstalled,
     Settings,
     SkillRunner,
     Store,
 )
 from .sources import Emit, EventSource, ImChannel, SourceInfo, Sources
+from .tasks import cancel
 
 __all__ = [
     "API_VERSION",
@@ -105,6 +109,8 @@ __all__ = [
     "PluginChange",
     "PluginContext",
     "PluginInfo",
+    "PluginInstalled",
+    "PluginUninstalled",
     "Plugins",
     "Priority",
     "ProviderConfig",
@@ -123,10 +129,12 @@ __all__ = [
     "Store",
     "TooLarge",
     "TrustLevel",
+    "UiPage",
     "Unauthorized",
     "Unavailable",
     "Unrecoverable",
     "UnsupportedMediaType",
+    "cancel",
     "hookimpl",
     "in_range",
 ]

@@ -33,6 +33,7 @@ from sdk import (
     NotFound,
     PluginContext,
     SdkError,
+    cancel,
 )
 
 from . import expression as cron
@@ -153,11 +154,8 @@ class Scheduler:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="aman-cron")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         self._sources.clear()
 
     async def _loop(self) -> None:
@@ -180,7 +178,9 @@ class Scheduler:
                 source.next_due = None
                 return
             if after_stop and record.misfire == "run_once" and record.fired_through_ms is not None:
-                since = _utc(record.fired_through_ms)  # the next check publishes the latest missed tick
+                since = _utc(
+                    record.fired_through_ms
+                )  # the next check publishes the latest missed tick
             else:
                 since = now
                 if (record.fired_through_ms or 0) < _ms(now):
@@ -206,7 +206,9 @@ class Scheduler:
             if scheduled is None or _ms(scheduled) <= (record.fired_through_ms or -1):
                 return  # never the same scheduled time twice
             record.fired_through_ms = record.last_run_at_ms = _ms(scheduled)
-            await self._save_progress(record)  # before publishing: a crash loses a tick, never repeats one
+            await self._save_progress(
+                record
+            )  # before publishing: a crash loses a tick, never repeats one
             payload = {
                 "cron_expression": record.expression,
                 "scheduled_at": cron.rfc3339(scheduled, source.tz),
@@ -222,7 +224,12 @@ class Scheduler:
                     dedup_key=f"cron:{record.id}:{_ms(scheduled)}",
                 )
             except SdkError as exc:
-                log.warning("cron job %s: tick %s not published: %s", record.id, payload["scheduled_at"], exc)
+                log.warning(
+                    "cron job %s: tick %s not published: %s",
+                    record.id,
+                    payload["scheduled_at"],
+                    exc,
+                )
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -265,7 +272,11 @@ class Scheduler:
         job and register it as a source (started at once in a ready runtime)."""
         if ID.fullmatch(body.id) is None:
             raise Invalid(f"invalid cron job id: {body.id}")
-        timezone = body.timezone if body.timezone is not None else self._ctx.settings.get("cron.default_timezone")
+        timezone = (
+            body.timezone
+            if body.timezone is not None
+            else self._ctx.settings.get("cron.default_timezone")
+        )
         check_prompt(body.prompt)
         check_misfire(body.misfire)
         self._check_schedule(body.expression, timezone)
@@ -316,7 +327,9 @@ class Scheduler:
             self._check_agent(merged["agent_key"])
         changed = {key for key, value in changes.items() if value != getattr(record, key)}
         if not changed:
-            return self.job(job_id)  # idempotent: the same values change nothing, not even updated_at
+            return self.job(
+                job_id
+            )  # idempotent: the same values change nothing, not even updated_at
         async with self._lock:
             for key, value in merged.items():
                 setattr(record, key, value)
@@ -333,7 +346,9 @@ class Scheduler:
         if job_id not in self._sources:
             raise NotFound(f"cron job not found: {job_id}")
         with contextlib.suppress(NotFound):
-            await self._ctx.sources.remove(job_id, forget=True)  # a new job with this id starts afresh
+            await self._ctx.sources.remove(
+                job_id, forget=True
+            )  # a new job with this id starts afresh
         async with self._lock:
             self._sources.pop(job_id, None)
             await self._delete(job_id)

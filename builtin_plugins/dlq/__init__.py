@@ -13,7 +13,7 @@ from typing import Any
 
 from attrs import field, frozen
 
-from sdk import AuditNote, Invalid, PluginContext, Route, StashKey, hookimpl, in_range
+from sdk import AuditNote, Invalid, PluginContext, Route, StashKey, cancel, hookimpl, in_range
 
 __all__ = ["EXPIRE_EVERY_SEC", "expire_entries"]
 
@@ -67,9 +67,7 @@ async def on_shutdown(ctx: PluginContext) -> None:
     task = ctx.stash.get(_SWEEPER)
     if task is not None:
         del ctx.stash[_SWEEPER]
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel(task)
 
 
 @frozen

@@ -28,6 +28,7 @@ from sdk import (
     Route,
     StashKey,
     Unavailable,
+    cancel,
     hookimpl,
 )
 
@@ -75,7 +76,9 @@ class Registry:
             kind = types.get(table.get("type", ""))
             config = _provider_config(name, table, kind)
             old = self._backends.get(name)
-            backends[name] = old if old is not None and old.config == config else Backend(config=config)
+            backends[name] = (
+                old if old is not None and old.config == config else Backend(config=config)
+            )
             if kind is None:
                 backends[name].instance = None
             elif backends[name].instance is None:
@@ -151,11 +154,8 @@ class Registry:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="aman-llm-probes")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         await self.probe_all()
@@ -190,8 +190,14 @@ def redact(text: str, api_key: str = "") -> str:
 def _provider_config(name: str, table: dict[str, Any], kind: ProviderType | None) -> ProviderConfig:
     env_name = "AMAN_PROVIDER_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_API_KEY"
     key_env = table.get("api_key_env", "")
-    api_key = os.environ.get(env_name) or (os.environ.get(key_env, "") if key_env else "") or table.get("api_key", "")
-    base_url = table.get("base_url", "https://api.openai.com/v1" if table.get("type") == "openai" else "")
+    api_key = (
+        os.environ.get(env_name)
+        or (os.environ.get(key_env, "") if key_env else "")
+        or table.get("api_key", "")
+    )
+    base_url = table.get(
+        "base_url", "https://api.openai.com/v1" if table.get("type") == "openai" else ""
+    )
     return ProviderConfig(
         name=name,
         type=table.get("type", ""),
@@ -271,14 +277,23 @@ async def on_shutdown(ctx: PluginContext) -> None:
 
 @hookimpl
 def register_routes(ctx: PluginContext) -> list[Route]:
-    return [Route(method="GET", path="/health/llm", handler=health_llm, public=True, availability="always")]
+    return [
+        Route(
+            method="GET", path="/health/llm", handler=health_llm, public=True, availability="always"
+        )
+    ]
 
 
 async def health_llm(ctx: PluginContext) -> dict[str, Any]:
     life = ctx.lifecycle
     registry = ctx.stash.get(REGISTRY)
     if life.status != "ready" or registry is None:
-        raise Unavailable("not ready", retry_after=None if life.status == "stopped" else 1, phase=life.phase, status=life.status)
+        raise Unavailable(
+            "not ready",
+            retry_after=None if life.status == "stopped" else 1,
+            phase=life.phase,
+            status=life.status,
+        )
     backends = registry.refresh()
     providers = [registry.health(name) for name in backends]
     name = registry.default_provider()
@@ -286,7 +301,10 @@ async def health_llm(ctx: PluginContext) -> dict[str, Any]:
     if backend is None:
         reason, state = f"provider {name} is not configured", "unknown"
     elif backend.instance is None:
-        reason, state = f"provider type {backend.config.type} is not available (no enabled plugin provides it)", backend.state
+        reason, state = (
+            f"provider type {backend.config.type} is not available (no enabled plugin provides it)",
+            backend.state,
+        )
     elif backend.state == "down":
         reason, state = backend.last_error or "backend down", "down"
     else:
@@ -298,4 +316,6 @@ async def health_llm(ctx: PluginContext) -> dict[str, Any]:
             "backend": backend.state,
             "providers": providers,
         }
-    raise Unavailable(f"llm provider unavailable: {reason}", provider=name, backend=state, providers=providers)
+    raise Unavailable(
+        f"llm provider unavailable: {reason}", provider=name, backend=state, providers=providers
+    )

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sdk import Conflict, NotFound, Unavailable
+from sdk import Conflict, NotFound, Unavailable, cancel
 
 if TYPE_CHECKING:
     from sdk import Event, PluginContext
@@ -96,11 +96,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         tasks, self._tasks = set(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*tasks)
 
     # --- running one skill ----------------------------------------------------------------------
 

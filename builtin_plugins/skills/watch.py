@@ -14,6 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from sdk import cancel
+
 __all__ = ["Watcher"]
 
 log = logging.getLogger("aman.plugin.skills")
@@ -48,11 +50,7 @@ class Watcher:
         if self._stop is not None:
             self._stop.set()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*tasks)
 
     async def _watch(self) -> None:
         from watchfiles import awatch  # imported when a watch starts: keeps start-up short

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,16 +12,7 @@ from .fields import merge
 if TYPE_CHECKING:
     from sdk import Emit, PluginContext, TrustLevel
 
-__all__ = ["ConfiguredSource", "cancel"]
-
-
-async def cancel(task: asyncio.Task[None] | None) -> None:
-    """Cancel ``task`` and wait for it to end (not when it is the caller itself)."""
-    if task is None or task is asyncio.current_task():
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+__all__ = ["ConfiguredSource"]
 
 
 class ConfiguredSource:

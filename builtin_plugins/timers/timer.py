@@ -8,9 +8,9 @@ import logging
 import time
 from typing import Literal
 
-from sdk import TrustLevel, Unavailable
+from sdk import TrustLevel, Unavailable, cancel
 
-from .base import ConfiguredSource, cancel
+from .base import ConfiguredSource
 
 __all__ = ["TimerSource"]
 

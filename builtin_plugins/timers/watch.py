@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from attrs import define
 
-from sdk import TrustLevel, Unavailable
+from sdk import TrustLevel, Unavailable, cancel
 
-from .base import ConfiguredSource, cancel
+from .base import ConfiguredSource
 
 if TYPE_CHECKING:
     from watchfiles import Change

@@ -16,7 +16,6 @@ fire at the first check after start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import logging
@@ -37,6 +36,7 @@ from sdk import (
     NotFound,
     PluginContext,
     SdkError,
+    cancel,
 )
 
 from .definition import (
@@ -88,10 +88,26 @@ MIGRATIONS = [
     )
 ]
 _COLUMNS = (
-    "id", "workflow_name", "workflow_key", "current_state", "last_active_state",
-    "total_retry_count", "session_retry_count", "state_entered_at", "active_state",
-    "active_started_at", "remaining_ms", "last_user_event_at", "data", "partial_rollback",
-    "has_pending_retry", "created_at", "updated_at", "due_at", "retry_at", "retry_event",
+    "id",
+    "workflow_name",
+    "workflow_key",
+    "current_state",
+    "last_active_state",
+    "total_retry_count",
+    "session_retry_count",
+    "state_entered_at",
+    "active_state",
+    "active_started_at",
+    "remaining_ms",
+    "last_user_event_at",
+    "data",
+    "partial_rollback",
+    "has_pending_retry",
+    "created_at",
+    "updated_at",
+    "due_at",
+    "retry_at",
+    "retry_event",
 )
 _JSON = ("remaining_ms", "data", "retry_event")
 _BOOL = ("partial_rollback", "has_pending_retry")
@@ -234,11 +250,8 @@ class Engine:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="aman-workflows")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:
@@ -507,12 +520,14 @@ class Engine:
         await self._save(inst)
         await self._publish(inst, definition, source, target, event_name, reason)
         return TransitionResult(
-            instance_id=inst.id, from_state=source, to_state=target, transitioned=True, reason=reason
+            instance_id=inst.id,
+            from_state=source,
+            to_state=target,
+            transitioned=True,
+            reason=reason,
         )
 
-    async def _guard(
-        self, name: str, inst: Instance, definition: Definition, event: Event
-    ) -> bool:
+    async def _guard(self, name: str, inst: Instance, definition: Definition, event: Event) -> bool:
         if name == "has_permission":
             payload = event.payload
             return isinstance(payload, Mapping) and payload.get("has_permission") is True
@@ -559,7 +574,11 @@ class Engine:
                 inst.partial_rollback = True
             log.warning(
                 "workflow instance %s: action %s %s failed: %s: %s",
-                inst.id, kind, name, type(exc).__name__, exc,
+                inst.id,
+                kind,
+                name,
+                type(exc).__name__,
+                exc,
             )
             return False
         return True
@@ -612,7 +631,9 @@ class Engine:
                 # http-api §8 also raises a warning notification; notifications do not exist yet.
                 log.warning(
                     "workflow instance %s (%s) timed out in state %s",
-                    inst.id, definition.name, inst.current_state,
+                    inst.id,
+                    definition.name,
+                    inst.current_state,
                 )
             await self._move(inst, definition, timeout.on_timeout, "TIMEOUT", "Timeout")
 
