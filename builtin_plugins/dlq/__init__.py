@@ -8,7 +8,6 @@ over HTTP and moves entries whose TTL passed to the archive, once a minute.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from attrs import field, frozen

@@ -11,7 +11,6 @@ not ``ok``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import time
