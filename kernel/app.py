@@ -115,7 +115,7 @@ class Kernel:
         """Swap in a route table built from the plugins now (once composed; while
         ``create_kernel`` loads plugins one by one, it builds the table once at the end)."""
         if self.composed:
-            self.router.rebuild(self.plugins.records.values(), lambda plugin: ())
+            self.router.rebuild(self.plugins.records.values(), lambda plugin: plugin.public_routes)
 
     async def publish_system(self, event_type: str, payload: Any, *, source: str) -> PublishResult:
         return await self.bus.publish(event_type, payload, source=source)
@@ -143,6 +143,7 @@ class Kernel:
 
     async def start_plugins(self) -> None:
         """Phase 2: start the plugins, then dispatch (replayed events reach their subscribers)."""
+        await self.plugins.load_installed()
         await self.plugins.start_all()
         self.bus.start()
 

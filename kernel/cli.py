@@ -1,4 +1,5 @@
-"""``aman serve``: the server in the foreground (contract D18)."""
+"""The ``aman`` command: ``serve`` (the server in the foreground, contract D18) and ``plugin
+new | pack | install`` (authoring, ``kernel/authoring.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,7 +19,9 @@ from hypercorn.config import Config as HypercornConfig
 
 from sdk import ConfigError
 
+from . import authoring
 from .app import Kernel, KernelApp, create_app, create_kernel
+from .plugins import BUILTINS
 from .store import RuntimeLock
 
 __all__ = ["main"]
@@ -35,17 +40,56 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="API token (http.token)")
     serve.add_argument("--runtime-dir", help="runtime directory (runtime.dir)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    plugin = commands.add_parser("plugin", help="write, pack and install plugins")
+    actions = plugin.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="scaffold a plugin: manifest, module and a passing test")
+    new.add_argument("name", help="the plugin's name (lowercase letters, digits and '-')")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where to create NAME/ (default .)")
+    pack = actions.add_parser("pack", help="build <name>-<version>.tar.gz from a plugin folder")
+    pack.add_argument("dir", type=Path, help="the folder holding plugin.toml")
+    pack.add_argument("-o", "--output", type=Path, help="the archive to write")
+    install = actions.add_parser("install", help="upload an archive to a running server")
+    install.add_argument("file", type=Path, help="the .tar.gz archive")
+    install.add_argument(
+        "--url", default=os.environ.get("AMAN_URL", "http://127.0.0.1:9090"), help="server address"
+    )
+    install.add_argument(
+        "--token", default=os.environ.get("AMAN_HTTP_TOKEN"), help="API token (AMAN_HTTP_TOKEN)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "plugin":
+        return plugin_command(args)
     logging.basicConfig(
         stream=sys.stderr,
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     return serve(args)
+
+
+def plugin_command(args: argparse.Namespace) -> int:
+    """``aman plugin new | pack | install``: 0 on success, 1 with the reason on stderr."""
+    try:
+        if args.action == "new":
+            reserved = frozenset(name for name, _, _ in BUILTINS)
+            root = authoring.scaffold(args.name, args.dir, reserved=reserved)
+            print(f"created {root}")
+            print(f"  test:    pytest {root}")
+            print(f"  pack:    aman plugin pack {root}")
+        elif args.action == "pack":
+            archive, digest = authoring.pack(args.dir, args.output)
+            print(f"{archive} sha256={digest}")
+        else:
+            answer = authoring.install(args.file, args.url, args.token)
+            print(json.dumps(answer, indent=2, ensure_ascii=False))
+    except authoring.AuthoringError as exc:
+        print(f"aman plugin {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:

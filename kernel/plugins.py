@@ -13,31 +13,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib
+import json
 import logging
+import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attrs import define, field
 
 import sdk
 from sdk import (
+    AuditNote,
     Conflict,
     Contribution,
     EventHandler,
     Health,
+    Invalid,
     Migration,
     NotFound,
     PluginChange,
     PluginContext,
     PluginInfo,
+    PluginInstalled,
+    PluginUninstalled,
     Route,
+    SdkError,
     Unrecoverable,
 )
 
+from . import installer
 from .hooks import HookFailed, Hooks
+from .ids import now_ms
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -70,8 +82,16 @@ BUILTINS: tuple[tuple[str, str, bool], ...] = (
     ("workflows", "builtin_plugins.workflows", True),
     ("skills", "builtin_plugins.skills", True),
     ("sources", "builtin_plugins.sources", True),
+    ("ui", "builtin_plugins.ui", True),
 )
 ESSENTIAL = frozenset(name for name, _, essential in BUILTINS if essential)
+#: Names an installed plugin cannot take: the built-ins here and those http-api §7 lists.
+RESERVED = frozenset(name for name, _, _ in BUILTINS) | {
+    "llm-openai",
+    "notifications",
+    "builtin-tools",
+    "ui",
+}
 
 MIGRATIONS = [
     Migration(
@@ -81,10 +101,41 @@ MIGRATIONS = [
             name TEXT PRIMARY KEY, enabled INTEGER NOT NULL, unstable INTEGER NOT NULL DEFAULT 0
         );
         """,
-    )
+    ),
+    Migration(
+        version=2,
+        sql="""
+        CREATE TABLE plugin_registry (
+            name TEXT PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL,
+            installed_at_ms INTEGER NOT NULL, enabled INTEGER NOT NULL, manifest TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 Source = Literal["builtin", "entry_point", "installed"]
 HEALTH_TIMEOUT_SEC = 10.0
+
+
+@define(kw_only=True)
+class Installed:
+    """What the registry knows of an installed plugin (http-api §7)."""
+
+    install_dir: Path
+    installed_at_ms: int
+    sha256: str
+    manifest: installer.Manifest | None  # None: unreadable at start-up
+    package: str  # the private package its module was imported under
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.install_dir / "plugin.toml"
+
+
+class _Broken:
+    """Stands in for the module of an installed plugin that could not be loaded at start-up."""
+
+    def __init__(self, name: str) -> None:
+        self.__name__ = name
 
 
 @define(kw_only=True)
@@ -110,6 +161,7 @@ class Plugin:
     keys_declared: bool = False
     contributed: dict[str, list[Any]] = field(factory=dict)
     ctx: PluginContext | None = None
+    installed: Installed | None = None
 
     @property
     def builtin(self) -> bool:
@@ -117,7 +169,25 @@ class Plugin:
 
     @property
     def module(self) -> str:
+        if self.installed is not None and self.installed.manifest is not None:
+            return self.installed.manifest.module
         return getattr(self.obj, "__name__", type(self.obj).__name__)
+
+    @property
+    def public_routes(self) -> tuple[str, ...]:
+        """The manifest's ``public_routes`` (installed plugins; http-api §24)."""
+        if self.installed is None or self.installed.manifest is None:
+            return ()
+        return self.installed.manifest.public_routes
+
+
+def _listed(route: Route, entries: Iterable[str]) -> bool:
+    """Whether a ``public_routes`` entry (``"METHOD /path"`` or ``"/path"``) names ``route``."""
+    for entry in entries:
+        method, _, path = entry.strip().rpartition(" ")
+        if path == route.path and (not method or method.upper() == route.method.upper()):
+            return True
+    return False
 
 
 def _summary(obj: object) -> str:
@@ -165,6 +235,7 @@ class PluginManager:
         version: str | None = None,
         description: str = "",
         essential: bool = False,
+        installed: Installed | None = None,
     ) -> Plugin:
         """Know a plugin and load it (register its hooks, collect its declarations)."""
         if name in self.records:
@@ -176,6 +247,7 @@ class PluginManager:
             version=version or self._kernel.version,
             description=description or _summary(obj),
             essential=essential,
+            installed=installed,
         )
         rec.ctx = self._kernel.context(rec.name, rec.version, builtin=rec.builtin)
         self.records[name] = rec
@@ -231,11 +303,11 @@ class PluginManager:
             recorder = _Recorder(self._kernel.metrics.registry)
             self.hooks.collect("register_metrics", rec.name, ctx=rec.ctx, registry=recorder)
             rec.collectors = recorder.added
+            rec.loaded = True
+            self.on_routes_changed()  # raises on a route clash with another plugin
         except Exception:
             self._unload(rec)
             raise
-        rec.loaded = True
-        self.on_routes_changed()
 
     def _unload(self, rec: Plugin) -> None:
         """Unregister the plugin's hooks and collectors. A built-in keeps its routes (they answer
@@ -285,6 +357,8 @@ class PluginManager:
     async def start_all(self) -> None:
         """Phase 2: start every enabled plugin in load order. A built-in that fails aborts."""
         for rec in list(self.records.values()):
+            if isinstance(rec.obj, _Broken):  # failed at load_installed, audited there
+                continue
             if not rec.enabled:
                 rec.state = "disabled"
                 continue
@@ -317,6 +391,8 @@ class PluginManager:
     async def _start(self, rec: Plugin) -> None:
         assert rec.ctx is not None
         kernel = self._kernel
+        if isinstance(rec.obj, _Broken):
+            raise self._fail(rec, HookFailed(rec.name, "import", rec.error or "not loaded"))
         if not rec.loaded:
             try:
                 self._load(rec)
@@ -490,8 +566,334 @@ class PluginManager:
                 " ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, unstable = excluded.unstable",
                 (rec.name, int(enabled), int(unstable)),
             )
+            conn.execute(
+                "UPDATE plugin_registry SET enabled = ? WHERE name = ?", (int(enabled), rec.name)
+            )
 
         await self._kernel.store.write(save)
+
+    # --- installed plugins (http-api §7, formats §5) ----------------------------------------
+
+    def _plugins_dir(self) -> Path:
+        return self._kernel.config.resolve_path("plugins.dir")
+
+    def _limits(self) -> installer.Limits:
+        get = self._kernel.config.get
+        return installer.Limits(
+            max_members=get("plugins.max_members"),
+            max_member_bytes=get("plugins.max_member_bytes"),
+            max_unpacked_bytes=get("plugins.max_unpacked_bytes"),
+        )
+
+    async def load_installed(self) -> None:
+        """Phase 2, before :meth:`start_all`: empty the staging area and load the installed
+        plugins in registry order. One that cannot be loaded is listed ``failed`` (system audit
+        ``plugin.load``); start-up continues."""
+        base = self._plugins_dir()
+        staging = base / ".staging"
+        if staging.exists():  # emptied, not removed (formats §1.6)
+            installer.remove_tree(staging)
+            staging.mkdir(mode=0o700)
+        rows = await self._kernel.store.fetchall(
+            "SELECT r.name, r.version, r.sha256, r.installed_at_ms, s.enabled, s.unstable"
+            " FROM plugin_registry r LEFT JOIN plugin_state s ON s.name = r.name ORDER BY r.rowid"
+        )
+        for row in rows:
+            name, version, digest = row["name"], row["version"], row["sha256"]
+            enabled = row["enabled"] is None or bool(row["enabled"])
+            if name in self.records:
+                error = f"plugin {name} is shadowed by the {self.records[name].source} plugin of that name"
+                log.error("installed %s", error)
+                await self._audit_load(name, error)
+                continue
+            final = base / name / version
+            self._drop_other_versions(base / name, version)
+            inst = Installed(
+                install_dir=final,
+                installed_at_ms=row["installed_at_ms"],
+                sha256=digest,
+                manifest=None,
+                package=installer.private_module_name(name, digest),
+            )
+            try:
+                manifest = installer.parse_manifest((final / "plugin.toml").read_bytes())
+                if (manifest.name, manifest.version) != (name, version):
+                    raise Invalid(f"plugin.toml names {manifest.name} {manifest.version}")
+                inst.manifest = manifest
+                module = await asyncio.to_thread(installer.import_plugin, final, manifest, digest)
+            except (OSError, SdkError) as exc:
+                error = exc.message if isinstance(exc, SdkError) else f"{type(exc).__name__}: {exc}"
+                self._add_broken(name, version, inst, error, enabled)
+                await self._audit_load(name, error)
+                continue
+            try:
+                rec = self.add(
+                    name,
+                    module,
+                    source="installed",
+                    version=version,
+                    description=manifest.description,
+                    installed=inst,
+                )
+            except Exception as exc:  # noqa: BLE001 - a bad installed plugin never stops start-up
+                error = f"{type(exc).__name__}: {exc}"
+                self.records.pop(name, None)
+                installer.forget_module(inst.package)
+                self._add_broken(name, version, inst, error, enabled)
+                await self._audit_load(name, error)
+                continue
+            rec.enabled, rec.unstable = enabled, bool(row["unstable"] or 0)
+            if not enabled:
+                self._unload(rec)
+
+    def _add_broken(
+        self, name: str, version: str, inst: Installed, error: str, enabled: bool
+    ) -> None:
+        log.error("installed plugin %s failed to load: %s", name, error)
+        rec = Plugin(
+            name=name,
+            obj=_Broken(name),
+            source="installed",
+            version=version,
+            description=inst.manifest.description if inst.manifest else "",
+            enabled=enabled,
+            state="failed",
+            error=error,
+            installed=inst,
+        )
+        rec.ctx = self._kernel.context(name, version, builtin=False)
+        self.records[name] = rec
+
+    async def _audit_load(self, name: str, error: str) -> None:
+        await self._kernel.audit.record(
+            operator="system",
+            action="plugin.load",
+            target=f"plugin:{name}",
+            outcome="failed",
+            detail=error,
+        )
+
+    @staticmethod
+    def _drop_other_versions(folder: Path, keep: str) -> None:
+        """Version directories an interrupted install or upgrade left behind."""
+        with contextlib.suppress(FileNotFoundError):
+            for entry in folder.iterdir():
+                if entry.name != keep and not entry.is_symlink() and entry.is_dir():
+                    installer.remove_tree(entry)
+
+    async def install(
+        self,
+        archive: bytes,
+        *,
+        sha256: str | None = None,
+        operator: str,
+        audit: AuditNote | None = None,
+    ) -> PluginInstalled:
+        async with self._exclusive():
+            result = await self._install(archive, sha256, audit)
+        await self._kernel.publish_system(
+            "plugin:installed",
+            {
+                "name": result.plugin_name,
+                "version": result.version,
+                "replaced_version": result.replaced_version,
+            },
+            source="plugin-manager",
+        )
+        return result
+
+    async def _install(
+        self, archive: bytes, expected: str | None, audit: AuditNote | None
+    ) -> PluginInstalled:
+        # 1. the upload
+        digest = hashlib.sha256(archive).hexdigest()
+        if expected is not None and expected.strip().lower() != digest:
+            raise Invalid(f"archive sha256 mismatch: expected {expected.strip().lower()}, got {digest}")
+        # 2.-3. the headers, then the manifest (nothing is written yet)
+        limits = self._limits()
+        found = await asyncio.to_thread(installer.scan, archive, limits)
+        manifest = installer.parse_manifest(found.manifest, found.files())
+        name, version = manifest.name, manifest.version
+        if audit is not None:
+            audit.target = f"plugin:{name}"
+        # 4. the name
+        old = self.records.get(name)
+        if name in RESERVED or (old is not None and old.builtin):
+            raise Conflict(f"plugin name is reserved by a built-in plugin: {name}")
+        if old is not None and old.installed is None:
+            raise Conflict(f"plugin {name} was installed with pip; uninstall it with pip")
+        if old is not None and old.version == version:
+            raise Conflict(f"plugin {name} {version} is already installed")
+        # 5. api and requires
+        installer.check_api(manifest)
+        installer.check_requires(manifest)
+        # 6. staging, then the version's own directory
+        base = self._plugins_dir()
+        staging_root = base / ".staging"
+        staging_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = staging_root / uuid.uuid4().hex
+        os.mkdir(staging, 0o700)
+        final = base / name / version
+        try:
+            await asyncio.to_thread(installer.extract, archive, found, staging, limits)
+            (base / name).mkdir(mode=0o755, exist_ok=True)
+            installer.remove_tree(final)  # the leftover of an interrupted install, never registered
+            os.rename(staging, final)
+        except BaseException:
+            installer.remove_tree(staging)
+            raise
+        inst = Installed(
+            install_dir=final,
+            installed_at_ms=now_ms(),
+            sha256=digest,
+            manifest=manifest,
+            package=installer.private_module_name(name, digest),
+        )
+        data_dir = self._kernel.runtime_dir / "plugin-data" / name
+        had_data = data_dir.exists()
+        old_running = old is not None and old.state == "running"
+        rec: Plugin | None = None
+        try:
+            # 7. import
+            module = await asyncio.to_thread(installer.import_plugin, final, manifest, digest)
+            # 8. stop the running version
+            if old is not None:
+                await self._remove(old)
+            # 9. register, start, check
+            try:
+                rec = self.add(
+                    name,
+                    module,
+                    source="installed",
+                    version=version,
+                    description=manifest.description,
+                    installed=inst,
+                )
+                self.hooks.pm.check_pending()
+            except Exception as exc:  # noqa: BLE001 - any registration failure fails the load
+                rec = self.records.get(name)
+                raise Unrecoverable(f"plugin failed to load: {type(exc).__name__}: {exc}") from None
+            for entry in manifest.public_routes:
+                if not any(_listed(route, [entry]) for route in rec.routes):
+                    raise Unrecoverable(
+                        f"plugin failed to load: public_routes entry '{entry}' matches no route"
+                    )
+            try:
+                await self._start(rec)
+            except HookFailed as exc:
+                raise Unrecoverable(f"plugin failed to load: {exc.reason}") from None
+            # 10. commit
+            await self._register(rec, inst, manifest)
+        except BaseException:
+            if rec is not None:
+                await self._remove(rec)
+            installer.forget_module(inst.package)
+            installer.remove_tree(final)
+            with contextlib.suppress(OSError):  # the name's folder, if this made it
+                (base / name).rmdir()
+            if not had_data:
+                installer.remove_tree(data_dir)
+            if old is not None:
+                await self._restore(old, old_running)
+            self.on_routes_changed()
+            raise
+        rec.enabled, rec.unstable = True, False
+        if old is not None and old.installed is not None:
+            if old.installed.install_dir != final:
+                installer.remove_tree(old.installed.install_dir)
+            installer.forget_module(old.installed.package)
+        self.on_routes_changed()
+        replaced = old.version if old is not None else None
+        if audit is not None:
+            audit.detail = f"version={version} sha256={digest[:16]}" + (
+                f" replaced={replaced}" if replaced else ""
+            )
+        return PluginInstalled(
+            plugin_name=name,
+            version=version,
+            install_dir=str(final),
+            state=rec.state,
+            replaced_version=replaced,
+            sha256=digest,
+            routes=list(self.info(rec).routes),
+        )
+
+    async def _remove(self, rec: Plugin) -> None:
+        """Stop and unregister a plugin and forget it (its config keys included)."""
+        if rec.state == "running":
+            await self._stop(rec)
+        if rec.loaded:
+            self._unload(rec)
+        self._kernel.bus.unsubscribe(rec.name)
+        self._kernel.config.undeclare(rec.name)
+        rec.keys_declared = False
+        if self.records.get(rec.name) is rec:
+            del self.records[rec.name]
+
+    async def _restore(self, old: Plugin, running: bool) -> None:
+        """Put back the version an install failed to replace, running if it was."""
+        self.records[old.name] = old
+        if running:
+            try:
+                await self._start(old)
+            except HookFailed as exc:
+                log.error("plugin %s could not be restarted after a failed upgrade: %s", old.name, exc)
+        elif not isinstance(old.obj, _Broken):
+            with contextlib.suppress(Exception):  # keys of a stopped plugin stay declared
+                keys = self.hooks.collect("register_config", old.name, obj=old.obj, ctx=old.ctx)
+                self._kernel.config.declare(old.name, keys)
+                old.keys_declared = True
+
+    async def _register(self, rec: Plugin, inst: Installed, manifest: installer.Manifest) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO plugin_registry"
+                " (name, version, sha256, installed_at_ms, enabled, manifest)"
+                " VALUES (?, ?, ?, ?, 1, ?)"
+                " ON CONFLICT (name) DO UPDATE SET version = excluded.version,"
+                " sha256 = excluded.sha256, installed_at_ms = excluded.installed_at_ms,"
+                " enabled = 1, manifest = excluded.manifest",
+                (
+                    rec.name,
+                    rec.version,
+                    inst.sha256,
+                    inst.installed_at_ms,
+                    json.dumps(manifest.to_json()),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO plugin_state (name, enabled, unstable) VALUES (?, 1, 0)"
+                " ON CONFLICT (name) DO UPDATE SET enabled = 1, unstable = 0",
+                (rec.name,),
+            )
+
+        await self._kernel.store.write(save)
+
+    async def uninstall(
+        self, name: str, *, purge: bool = False, operator: str
+    ) -> PluginUninstalled:
+        rec = self._get(name)
+        if rec.builtin:
+            raise Conflict(f"built-in plugin cannot be uninstalled: {name}")
+        if rec.installed is None:
+            raise Conflict(f"plugin {name} was installed with pip; uninstall it with pip")
+        async with self._exclusive():
+            await self._remove(rec)
+            installer.forget_module(rec.installed.package)
+
+            def forget(conn: sqlite3.Connection) -> None:
+                conn.execute("DELETE FROM plugin_registry WHERE name = ?", (name,))
+                conn.execute("DELETE FROM plugin_state WHERE name = ?", (name,))
+
+            await self._kernel.store.write(forget)
+            installer.remove_tree(self._plugins_dir() / name)
+            if purge:
+                installer.remove_tree(self._kernel.runtime_dir / "plugin-data" / name)
+            self.on_routes_changed()
+        await self._kernel.publish_system(
+            "plugin:uninstalled", {"name": name, "version": rec.version}, source="plugin-manager"
+        )
+        return PluginUninstalled(ok=True, name=name, version=rec.version, purged=purge)
 
     def contributions(self, hook: str) -> list[Contribution]:
         """What the running plugins return from ``hook`` (a ``register_*`` hook), in load order.
@@ -517,6 +919,7 @@ class PluginManager:
 
     def info(self, rec: Plugin) -> PluginInfo:
         prefix = "" if rec.builtin else f"/api/v1/{rec.name}"
+        inst = rec.installed
         return PluginInfo(
             name=rec.name,
             version=rec.version,
@@ -531,15 +934,21 @@ class PluginManager:
             unstable=rec.unstable,
             api=sdk.API_VERSION,
             module=rec.module,
-            manifest_path=None,
-            install_dir=None,
-            installed_at_ms=None,
-            sha256=None,
+            manifest_path=str(inst.manifest_path) if inst else None,
+            install_dir=str(inst.install_dir) if inst else None,
+            installed_at_ms=inst.installed_at_ms if inst else None,
+            sha256=inst.sha256 if inst else None,
             health={"status": rec.health.status, "detail": rec.health.detail},
             routes=[
-                {"method": r.method.upper(), "path": prefix + r.path, "public": r.public}
+                {
+                    "method": r.method.upper(),
+                    "path": prefix + r.path,
+                    "public": r.public if rec.builtin else _listed(r, rec.public_routes),
+                }
                 for r in rec.routes
             ],
-            ui_pages=[],
+            ui_pages=[dict(p) for p in inst.manifest.ui_pages]
+            if inst is not None and inst.manifest is not None
+            else [],
             error=rec.error,
         )

@@ -42,6 +42,7 @@ from sdk import (
 from .auth import confirmed, operator_from, token_ok
 from .convert import converter, structure_body, structure_query
 from .errors import error_body
+from .static import ui_route
 
 if TYPE_CHECKING:
     from .app import Kernel
@@ -83,6 +84,24 @@ def _endpoint(plugin: Plugin, route: Route, public_routes: Iterable[str]) -> End
     return Endpoint(route=route, plugin=plugin, path=full, public=public, wants=wants)
 
 
+def _endpoints(plugin: Plugin, public_routes: Iterable[str]) -> list[tuple[Route, Endpoint]]:
+    """The plugin's routes, and for a third-party plugin with a ``ui/`` folder its page files
+    (public, http-api §22) unless it serves ``GET /ui/...`` itself."""
+    out = [(route, _endpoint(plugin, route, public_routes)) for route in plugin.routes]
+    if plugin.builtin or any(
+        r.method.upper() == "GET" and r.path.startswith("/ui/{*") for r in plugin.routes
+    ):
+        return out
+    page_files = ui_route(plugin)
+    if page_files is not None:
+        wants = frozenset(inspect.signature(page_files.handler).parameters)
+        full = f"/api/v1/{plugin.name}{page_files.path}"
+        out.append(
+            (page_files, Endpoint(route=page_files, plugin=plugin, path=full, public=True, wants=wants))
+        )
+    return out
+
+
 def _listed(route: Route, public_routes: Iterable[str]) -> bool:
     for entry in public_routes:
         method, _, path = entry.strip().rpartition(" ")
@@ -103,10 +122,9 @@ class Router:
         between plugins is an error naming both."""
         rules, endpoints, owners = [], {}, {}  # type: list[Rule], dict[str, Endpoint], dict[tuple[str, str], str]
         for plugin in plugins:
-            if not plugin.routes or not (plugin.loaded or plugin.builtin):
+            if not (plugin.loaded or plugin.builtin):
                 continue
-            for route in plugin.routes:
-                ep = _endpoint(plugin, route, public_routes(plugin))
+            for route, ep in _endpoints(plugin, public_routes(plugin)):
                 key = (route.method.upper(), ep.path)
                 if key in owners:
                     raise ValueError(
@@ -190,7 +208,8 @@ class Router:
         if "query" in ep.wants and route.query is not None:
             args["query"] = structure_query(req.args, route.query)
         if route.body is not None or "request" in ep.wants:
-            limit = route.max_body_bytes or kernel.config.get("http.max_body_bytes")
+            limit = route.max_body_bytes() if callable(route.max_body_bytes) else route.max_body_bytes
+            limit = limit or kernel.config.get("http.max_body_bytes")
             raw = await _read_body(req, limit)
             parsed = _parse_json(
                 raw, headers.get("content-type", ""), strict=route.body is not None

@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from .context import PluginContext
-    from .models import ConfigKey, ConfigRule, EventHandler, Health, Migration, ProviderType, Route
+    from .models import (
+        ConfigKey,
+        ConfigRule,
+        EventHandler,
+        Health,
+        Migration,
+        ProviderType,
+        Route,
+        UiPage,
+    )
     from .sources import EventSource, ImChannel
 
 __all__ = ["API_VERSION", "hookspec"]
@@ -276,6 +285,26 @@ def register_capabilities(ctx: PluginContext) -> list[str]:
 
     Read by the ``capabilities`` plugin on every request while the plugin runs, so an installed
     or enabled plugin's capabilities show up at once. Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_ui_pages(ctx: PluginContext) -> list[UiPage | Mapping[str, str] | str]:
+    """Contribute pages to the runtime's UI (``GET /ui/pages``).
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.UiPage` (or mappings with ``id``, ``label``, ``path``, or
+        bare ids). ``label`` defaults to the id with its first letter upper-cased; ``path`` is the
+        page's entry file inside the plugin's ``ui/`` folder, relative to the plugin's root,
+        default ``ui/index.html``.
+
+    Read by the ``ui`` plugin on every ``GET /ui/pages`` while the plugin runs, after the pages of
+    the manifest's ``[ui] pages`` (installed plugins). The files of the plugin's ``ui/`` folder are
+    served publicly at ``/api/v1/<plugin>/ui/<path>``, so a page's ``url`` is
+    ``/api/v1/<plugin>/<path>``. A page with an invalid id, label or path (or an id the plugin
+    already listed) is left out and logged. Sync only.
 
     .. versionadded:: 1
     """

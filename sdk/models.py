@@ -32,6 +32,7 @@ __all__ = [
     "Stash",
     "StashKey",
     "TrustLevel",
+    "UiPage",
     "in_range",
 ]
 
@@ -84,7 +85,8 @@ class Route:
     :param audit: the audit action (``plugin.enable``); every call then writes one audit record.
     :param target: the audit target, a template over the path parameters (``plugin:{name}``).
     :param debug_gate: refused with 403 unless ``debug.force_enable_debug_endpoints`` is true.
-    :param max_body_bytes: the body limit, instead of ``http.max_body_bytes``.
+    :param max_body_bytes: the body limit, instead of ``http.max_body_bytes``; a callable is
+        asked on every request (a limit that follows a live configuration key).
     """
 
     method: str
@@ -99,7 +101,7 @@ class Route:
     audit: str | None = None
     target: str | None = None
     debug_gate: bool = False
-    max_body_bytes: int | None = None
+    max_body_bytes: int | Callable[[], int] | None = None
 
 
 @frozen(kw_only=True)
@@ -146,6 +148,21 @@ class AuditNote:
     target: str
     detail: str = ""
     outcome: str | None = None
+
+
+@frozen(kw_only=True)
+class UiPage:
+    """A page a plugin contributes to ``GET /ui/pages`` through ``register_ui_pages``.
+
+    :param id: ``^[a-z0-9][a-z0-9-]{0,63}$``, unique within the plugin.
+    :param label: at most 64 characters; empty means the id with its first letter upper-cased.
+    :param path: the page's entry file, relative to the plugin's root and inside its ``ui/``
+        folder (``ui/index.html``); it is served at ``/api/v1/<plugin>/<path>``.
+    """
+
+    id: str
+    label: str = ""
+    path: str = "ui/index.html"
 
 
 # --- Events -------------------------------------------------------------------------------

@@ -13,7 +13,16 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from attrs import frozen
 
-from .models import Contribution, Delivery, Event, Priority, PublishResult, StashKey, TrustLevel
+from .models import (
+    AuditNote,
+    Contribution,
+    Delivery,
+    Event,
+    Priority,
+    PublishResult,
+    StashKey,
+    TrustLevel,
+)
 
 __all__ = [
     "SKILL_RUNNER",
@@ -26,6 +35,8 @@ __all__ = [
     "Lifecycle",
     "PluginChange",
     "PluginInfo",
+    "PluginInstalled",
+    "PluginUninstalled",
     "Plugins",
     "Settings",
     "SkillRunner",
@@ -219,8 +230,32 @@ class PluginChange:
     changed: bool
 
 
+@frozen(kw_only=True)
+class PluginInstalled:
+    """The answer of ``POST /plugin/install`` (http-api §7)."""
+
+    plugin_name: str
+    version: str
+    install_dir: str
+    state: str
+    replaced_version: str | None
+    sha256: str
+    routes: list[Mapping[str, Any]]
+
+
+@frozen(kw_only=True)
+class PluginUninstalled:
+    """The answer of ``POST /plugin/{name}/uninstall``."""
+
+    ok: bool
+    name: str
+    version: str
+    purged: bool
+
+
 class Plugins(Protocol):
-    """The plugin manager: list, enable and disable plugins while the runtime serves."""
+    """The plugin manager: list, enable, disable, install and uninstall plugins while the
+    runtime serves."""
 
     def contributions(self, hook: str) -> list[Contribution]:
         """What the running plugins return from a ``register_*`` hook, in load order."""
@@ -231,6 +266,23 @@ class Plugins(Protocol):
     async def enable(self, name: str, *, operator: str) -> PluginChange: ...
 
     async def disable(self, name: str, *, operator: str) -> PluginChange: ...
+
+    async def install(
+        self,
+        archive: bytes,
+        *,
+        sha256: str | None = None,
+        operator: str,
+        audit: AuditNote | None = None,
+    ) -> PluginInstalled:
+        """Install or upgrade a plugin from a ``.tar.gz`` archive, as one transaction (http-api
+        §7). ``sha256``: the expected digest (lowercase hex). ``audit.target`` and
+        ``audit.detail`` are filled in as soon as they are known."""
+        ...
+
+    async def uninstall(self, name: str, *, purge: bool = False, operator: str) -> PluginUninstalled:
+        """Stop and remove an installed plugin; ``purge`` also deletes its data directory."""
+        ...
 
 
 @frozen(kw_only=True)

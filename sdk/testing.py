@@ -10,11 +10,15 @@ Fixtures:
 - ``client``: a started, ready app of ``kernel`` and its Quart test client, stopped after the
   test (``resp = await client.get("/api/v1/hello/ping")``).
 
+Helpers: ``load_plugin(root)`` imports the plugin of a source tree laid out as an archive
+(``plugin.toml`` in ``root``) and returns ``(name, module)`` for ``aman_plugins``, named as its
+manifest says; ``wait_for(predicate)`` polls until an effect shows.
+
 Example::
 
     @pytest.fixture
     def aman_plugins():
-        return [hello_plugin]
+        return [load_plugin(Path(__file__).parents[1])]  # the folder holding plugin.toml
 
     async def test_ping(client):
         resp = await client.get("/api/v1/hello/ping")
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sys
+import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,32 @@ try:
 except ImportError:  # pragma: no cover - without pytest-asyncio only the sync fixtures exist
     pytest_asyncio = None  # type: ignore[assignment]
 
-__all__ = ["aman_plugins", "aman_settings", "make_kernel", "serve", "wait_for"]
+__all__ = ["aman_plugins", "aman_settings", "load_plugin", "make_kernel", "serve", "wait_for"]
+
+
+def load_plugin(root: str | Path) -> tuple[str, Any]:
+    """Import the plugin whose ``plugin.toml`` is in ``root``; return ``(name, module)``.
+
+    The module is imported by the name its manifest gives, with ``root`` on ``sys.path`` only
+    while it is imported (its own submodules are imported relatively, as in an archive). Use the
+    pair in ``aman_plugins``: the plugin then has its manifest's name, so its routes are under
+    ``/api/v1/<name>`` and its ``ui/`` folder is served, as after ``aman plugin install``.
+    """
+    root = Path(root).resolve()
+    manifest = tomllib.loads((root / "plugin.toml").read_text(encoding="utf-8"))
+    name, module_name = str(manifest["name"]), str(manifest["module"])
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and root in Path(getattr(loaded, "__file__", "/") or "/").parents:
+        return name, loaded
+    top = module_name.split(".")[0]
+    for key in [k for k in sys.modules if k == top or k.startswith(f"{top}.")]:
+        del sys.modules[key]  # the same module name from another folder (another version)
+    importlib.invalidate_caches()
+    sys.path.insert(0, str(root))
+    try:
+        return name, importlib.import_module(module_name)
+    finally:
+        sys.path.remove(str(root))
 
 
 async def wait_for(

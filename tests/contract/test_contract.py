@@ -100,6 +100,8 @@ ENDPOINTS = [
     ("GET", "/plugins", False, False, "ready", None),
     ("POST", "/plugin/{name}/enable", False, False, "ready", "plugin.enable"),
     ("POST", "/plugin/{name}/disable", False, True, "ready", "plugin.disable"),
+    ("POST", "/plugin/install", False, False, "ready", "plugin.install"),
+    ("POST", "/plugin/{name}/uninstall", False, False, "ready", "plugin.uninstall"),
     ("GET", "/dlq", False, False, "ready", None),
     ("GET", "/dlq/depth", False, False, "ready", None),
     ("POST", "/debug/dlq/enqueue", False, False, "ready", "dlq.enqueue"),
@@ -142,6 +144,7 @@ ENDPOINTS = [
     ("GET", "/skill/{name}/versions", False, False, "ready", None),
     ("POST", "/skill/{name}/rollback", False, True, "ready", "skill.rollback"),
     ("POST", "/skills/reload", False, False, "ready", "skills.reload"),
+    ("GET", "/ui/pages", True, False, "always", None),
 ]
 
 
