@@ -293,3 +293,50 @@ async def test_migrations_and_config_keys_of_a_plugin(make_kernel, serve_kernel)
     assert kernel.config.get("notes.max_items") == 10
     result = await kernel.config.set({"notes.max_items": 20}, operator="t")
     assert result.applied == ["notes.max_items"]
+
+
+async def test_a_plugin_raising_in_every_runtime_hook_cannot_take_the_runtime_down(make_kernel, serve_kernel):
+    class Evil:
+        """Raises wherever it can once started."""
+
+        name = "evil"
+        checks = 0
+
+        @hookimpl
+        def health_check(self):
+            Evil.checks += 1
+            if Evil.checks > 1:  # healthy at start (an unhealthy start simply fails the plugin)
+                raise RuntimeError("health")
+
+        @hookimpl
+        def register_event_handlers(self):
+            return [EventHandler(name="all", handler=self.handle)]
+
+        async def handle(self, event):
+            raise RuntimeError("handler")
+
+        @hookimpl
+        async def on_config_changed(self, changes):
+            raise RuntimeError("config")
+
+        @hookimpl
+        async def on_shutdown(self):
+            raise RuntimeError("shutdown")
+
+    hello = Hello()
+    kernel = make_kernel(Evil(), hello, settings={"plugins.quarantine_after_failures": 3})
+    client = await serve_kernel(kernel)
+    resp = await client.post("/config/set", json={"changes": {"plugin.evil.x": 1}}, headers=CONFIRM)
+    assert resp.status_code == 200  # its on_config_changed raised; the change stays applied
+    for n in range(5):
+        await kernel.bus.publish("hello.test", {"n": str(n)})
+    await wait_for(lambda: kernel.plugins.records["evil"].unstable)
+    await wait_for(lambda: len(hello.events) == 5)  # the others got every event
+    assert (await client.get("/api/v1/hello/ping")).status_code == 200
+    assert (await client.get("/health/ready")).status_code == 200
+    errors = kernel.metrics.registry.get_sample_value
+    assert errors("plugin_hook_errors_total", {"plugin": "evil", "hook": "on_config_changed"}) == 1
+    await kernel.plugins._health(kernel.plugins.records["evil"])  # a later check raises: reported
+
+    await kernel.lifecycle.shutdown()  # its failing on_shutdown does not stop the shutdown
+    assert kernel.lifecycle.status == "stopped"
