@@ -7,14 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
-# Every benchmark, in order. (bare_quart.py and sse_quart.py are the anchor apps of
-# http_overhead.py and sse_lag.py, not benchmarks.)
+# Every benchmark, in order. (bare_quart.py, sse_quart.py and bare_upload.py are the anchor apps of
+# http_overhead.py, sse_lag.py and plugin_install.py, not benchmarks.)
 BENCHMARKS=(
   bench/http_overhead.py
   bench/bus_dispatch.py
   bench/durable_publish.py
   bench/sse_lag.py
   bench/skills.py
+  bench/plugin_install.py
 )
 
 status=0

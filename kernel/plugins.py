@@ -802,7 +802,8 @@ class PluginManager:
             if old.installed.install_dir != final:
                 installer.remove_tree(old.installed.install_dir)
             installer.forget_module(old.installed.package)
-        self.on_routes_changed()
+        if old is not None:  # a fresh install's routes went live when it was loaded
+            self.on_routes_changed()
         replaced = old.version if old is not None else None
         if audit is not None:
             audit.detail = f"version={version} sha256={digest[:16]}" + (
@@ -889,7 +890,6 @@ class PluginManager:
             installer.remove_tree(self._plugins_dir() / name)
             if purge:
                 installer.remove_tree(self._kernel.runtime_dir / "plugin-data" / name)
-            self.on_routes_changed()
         await self._kernel.publish_system(
             "plugin:uninstalled", {"name": name, "version": rec.version}, source="plugin-manager"
         )
