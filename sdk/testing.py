@@ -40,12 +40,23 @@ from typing import Any
 
 import pytest
 
+from . import EventHandler, hookimpl
+from .models import Event
+
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - without pytest-asyncio only the sync fixtures exist
     pytest_asyncio = None  # type: ignore[assignment]
 
-__all__ = ["aman_plugins", "aman_settings", "load_plugin", "make_kernel", "serve", "wait_for"]
+__all__ = [
+    "Recorder",
+    "aman_plugins",
+    "aman_settings",
+    "load_plugin",
+    "make_kernel",
+    "serve",
+    "wait_for",
+]
 
 
 def load_plugin(root: str | Path) -> tuple[str, Any]:
@@ -84,6 +95,53 @@ async def wait_for(
         if loop.time() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+class Recorder:
+    """A subscriber plugin for tests: keeps the events it receives in ``seen``.
+
+    :param event_types: the event types to subscribe to (every type when none).
+    :param sources: the sources to subscribe to (every source when none).
+    :param name: the plugin name (several recorders in one kernel need different names).
+
+    ``gate`` (set) holds the handler while cleared, to fill a subscriber's queue; ``entered`` is
+    set once the handler was called::
+
+        recorder = Recorder("order.created")
+        kernel = make_kernel(my_plugin, recorder)
+        ...
+        await wait_for(lambda: len(recorder.seen) == 1)
+    """
+
+    def __init__(
+        self, *event_types: str, sources: tuple[str, ...] = (), name: str = "recorder"
+    ) -> None:
+        self.name = name
+        self.event_types = event_types
+        self.sources = sources
+        self.seen: list[Event] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.entered = asyncio.Event()
+
+    @hookimpl
+    def register_event_handlers(self) -> list[EventHandler]:
+        return [
+            EventHandler(
+                name="record",
+                handler=self.handle,
+                event_types=self.event_types,
+                sources=self.sources,
+            )
+        ]
+
+    async def handle(self, event: Event) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        self.seen.append(event)
+
+    def of_type(self, event_type: str) -> list[Event]:
+        return [e for e in self.seen if e.event_type == event_type]
 
 
 @pytest.fixture

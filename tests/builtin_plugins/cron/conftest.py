@@ -9,23 +9,8 @@ from typing import Any
 import pytest
 
 from builtin_plugins.cron import SCHEDULER
-from sdk import Event, EventHandler, hookimpl
-
-
-class Recorder:
-    """A subscriber plugin that keeps every ``cron_tick`` it receives."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    @hookimpl
-    def register_event_handlers(self) -> list[EventHandler]:
-        return [EventHandler(name="ticks", handler=self.handle, event_types=("cron_tick",))]
-
-    async def handle(self, event: Event) -> None:
-        self.seen.append(event)
+from sdk import Event
+from sdk.testing import Recorder
 
 
 class Clock:
@@ -80,7 +65,7 @@ def _start_cron(make_kernel, serve_kernel) -> Callable[..., Any]:
     """``cron = await start_cron(settings={...}, runtime_dir=...)``."""
 
     async def start(*plugins: object, **options: Any) -> Cron:
-        recorder = Recorder()
+        recorder = Recorder("cron_tick")
         kernel = make_kernel(recorder, *plugins, **options)
         client = await serve_kernel(kernel)
         return Cron(client, kernel, recorder)

@@ -10,28 +10,10 @@ from typing import Any
 import pytest
 
 from builtin_plugins.skills import SKILLS, Skills
-from sdk import Event, EventHandler, hookimpl
+from sdk.testing import Recorder
 
 PUBLISHED = ("skill_reloaded", "message:dispatch", "message:completed")
 
-
-class Recorder:
-    """A subscriber plugin that keeps the events the skills plugin publishes."""
-
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    @hookimpl
-    def register_event_handlers(self) -> list[EventHandler]:
-        return [EventHandler(name="skill-events", handler=self.handle, event_types=PUBLISHED)]
-
-    async def handle(self, event: Event) -> None:
-        self.seen.append(event)
-
-    def of(self, event_type: str) -> list[Event]:
-        return [e for e in self.seen if e.event_type == event_type]
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -76,7 +58,7 @@ def _start(make_kernel, serve_kernel, tmp_path):
         root.mkdir(exist_ok=True)
         for rel, text in (files or {}).items():
             write(root, rel, text)
-        recorder = Recorder()
+        recorder = Recorder(*PUBLISHED)
         options = {"skills.dir": str(root), "skills.hot_reload.enabled": False}
         options.update({k.replace("__", "."): v for k, v in settings.items()})
         kernel = make_kernel(recorder, *plugins, settings=options)

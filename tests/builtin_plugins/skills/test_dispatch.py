@@ -112,10 +112,10 @@ async def test_hook_register_skill_executors(start):
     plugin = Executors()
     env = await start(SKILL_FILES, plugin)
     result = await env.kernel.bus.publish("ping", {"n": 1}, source="test")
-    await wait_for(lambda: env.recorder.of("message:completed"))
+    await wait_for(lambda: env.recorder.of_type("message:completed"))
     assert sorted(name for name, _ in plugin.calls) == ["echo", "sync"]
-    [dispatch] = env.recorder.of("message:dispatch")
-    [completed] = env.recorder.of("message:completed")
+    [dispatch] = env.recorder.of_type("message:dispatch")
+    [completed] = env.recorder.of_type("message:completed")
     assert dispatch.payload == {"trace_id": result.trace_id}
     assert completed.payload == {
         "trace_id": result.trace_id,
@@ -139,7 +139,7 @@ async def test_no_dispatch_without_a_match_for_idle_and_for_skill_sources(start)
     await wait_for(lambda: [e for e in env.recorder.seen if e.metadata.parent_event_id == last.id])
     await asyncio.sleep(0.05)
     assert [e for e in env.recorder.seen if e.metadata.parent_event_id in ids] == []
-    [completed] = [e for e in env.recorder.of("message:completed") if e.metadata.parent_event_id == last.id]
+    [completed] = [e for e in env.recorder.of_type("message:completed") if e.metadata.parent_event_id == last.id]
     assert completed.payload["executed"] == ["all"]  # via the catch-all trigger
 
 
@@ -148,9 +148,9 @@ async def test_disabled_skills_do_not_run(start):
     env = await start(SKILL_FILES, plugin)
     assert (await env.post("/skill/echo/disable"))[0] == 200
     await env.kernel.bus.publish("ping", {}, source="test")
-    await wait_for(lambda: env.recorder.of("message:completed"))
-    assert "echo" not in env.recorder.of("message:completed")[0].payload["executed"]
-    assert "catch-all" not in env.recorder.of("message:completed")[0].payload["executed"]
+    await wait_for(lambda: env.recorder.of_type("message:completed"))
+    assert "echo" not in env.recorder.of_type("message:completed")[0].payload["executed"]
+    assert "catch-all" not in env.recorder.of_type("message:completed")[0].payload["executed"]
 
 
 async def test_serial_never_overlaps_limited_caps_parallel_does_not(start):
@@ -166,7 +166,7 @@ async def test_serial_never_overlaps_limited_caps_parallel_does_not(start):
     await asyncio.sleep(0.05)
     assert (plugin.active["slow"], plugin.active["limited"]) == (1, 2)
     plugin.gate.set()
-    await wait_for(lambda: len(env.recorder.of("message:completed")) == 5)
+    await wait_for(lambda: len(env.recorder.of_type("message:completed")) == 5)
     assert plugin.peak == {"slow": 1, "limited": 2, "free": 5}
     assert [n for n, _ in plugin.calls].count("slow") == 5
 
@@ -175,7 +175,7 @@ async def test_serial_skill_runs_events_in_order(start):
     plugin = Executors()
     env = await start(SKILL_FILES, plugin)
     ids = [(await env.kernel.bus.publish("work", {"n": n}, source="test")).id for n in range(10)]
-    await wait_for(lambda: len(env.recorder.of("message:completed")) == 10)
+    await wait_for(lambda: len(env.recorder.of_type("message:completed")) == 10)
     assert [e for n, e in plugin.calls if n == "slow"] == ids
 
 
@@ -201,5 +201,5 @@ async def test_an_edited_trigger_takes_effect_after_reload(start, tmp_path: Path
     env.write("echo.yaml", "name: echo\ntriggers: [{event_types: [pong]}]\n")
     await env.post("/skills/reload")
     await env.kernel.bus.publish("pong", {}, source="test")
-    await wait_for(lambda: env.recorder.of("message:completed"))
-    assert env.recorder.of("message:completed")[0].payload["executed"] == ["echo"]
+    await wait_for(lambda: env.recorder.of_type("message:completed"))
+    assert env.recorder.of_type("message:completed")[0].payload["executed"] == ["echo"]

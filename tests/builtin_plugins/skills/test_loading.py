@@ -255,13 +255,13 @@ async def test_reload_classifies_changes_and_only_parses_changed_files(start):
     }
     assert registry.parses == parses + 3
     assert await env.audits("skills.reload") == [("api", "skills", "ok", "inserted=1 updated=2 removed=1 failed=0")]
-    [event] = env.recorder.of("skill_reloaded")
+    [event] = env.recorder.of_type("skill_reloaded")
     assert (event.source, event.delivery) == ("skill:hot_reload", "at_most_once")
     assert event.payload == {k: v for k, v in body.items() if k != "ok"}
     status, again = await env.post("/skills/reload")  # idempotent: nothing changed, no event
     assert again == {**body, "inserted": [], "updated_same_version": [], "updated_new_version": [], "removed": []}
     assert registry.parses == parses + 3
-    assert len(env.recorder.of("skill_reloaded")) == 1
+    assert len(env.recorder.of_type("skill_reloaded")) == 1
 
 
 async def test_a_missing_directory_is_created_and_the_result_is_empty(start):

@@ -127,7 +127,7 @@ async def test_versions_and_rollback_round_trip(start):
     assert path.read_bytes() == first
     _, versions = await env.get("/skill/echo-skill/versions")
     assert [(v["version"], v["current"]) for v in versions["items"]][:2] == [("1.0.0", True), ("1.1.0", False)]
-    assert env.recorder.of("skill_reloaded")[-1].payload["updated_new_version"] == ["echo-skill"]
+    assert env.recorder.of_type("skill_reloaded")[-1].payload["updated_new_version"] == ["echo-skill"]
     # idempotent: rolling back to the current version rewrites the same content
     status, again = await env.post("/skill/echo-skill/rollback", json={"version": "1.0.0"}, headers=CONFIRM)
     assert (status, path.read_bytes()) == (200, first)
@@ -200,7 +200,7 @@ async def test_the_watcher_picks_up_edits(start):
     await wait_for(lambda: "fresh" in registry.skills and "probe" not in registry.skills, timeout=10)
     page = await env.kernel.audit.query(action="skill.reload")
     assert page.items and all((r.operator, r.target, r.outcome) == ("system", "skills", "ok") for r in page.items)
-    assert any(e.payload["updated_new_version"] == ["echo-skill"] for e in env.recorder.of("skill_reloaded"))
+    assert any(e.payload["updated_new_version"] == ["echo-skill"] for e in env.recorder.of_type("skill_reloaded"))
     assert (await env.get("/skill/fresh"))[1]["format"] == "skill_md"
 
 

@@ -8,25 +8,10 @@ from typing import Any
 
 import pytest
 
-from sdk import Event, EventHandler, hookimpl
-from sdk.testing import wait_for
+from sdk.testing import Recorder, wait_for
 
 TOKEN = {"Authorization": "Bearer s3cret"}
 CONFIRM = {**TOKEN, "x-aman-confirm": "yes"}
-
-
-class Recorder:
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    @hookimpl
-    def register_event_handlers(self) -> list[EventHandler]:
-        return [EventHandler(name="hooks", handler=self.handle, sources=("webhook:github", "webhook:ci"))]
-
-    async def handle(self, event: Event) -> None:
-        self.seen.append(event)
 
 
 
@@ -42,7 +27,7 @@ TABLES = (
 async def _setup(make_kernel, serve_kernel, tmp_path):
     path = tmp_path / "aman.toml"
     path.write_text(TABLES)
-    recorder = Recorder()
+    recorder = Recorder(sources=("webhook:github", "webhook:ci"))
     kernel = make_kernel(recorder, config_path=path)
     client = await serve_kernel(kernel)
     return client, kernel, recorder, path

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from builtin_plugins.workflows import ENGINE
-from sdk import Event, EventHandler, hookimpl
+from sdk.testing import Recorder
 
 CONFIRM = {"x-aman-confirm": "yes"}
 
@@ -33,22 +33,9 @@ APPROVAL: dict[str, Any] = {
 }
 
 
-class Recorder:
-    """Keeps every ``workflow_state_changed`` it receives."""
 
-    name = "wf-recorder"
-
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    @hookimpl
-    def register_event_handlers(self) -> list[EventHandler]:
-        return [
-            EventHandler(name="changes", handler=self.handle, event_types=("workflow_state_changed",))
-        ]
-
-    async def handle(self, event: Event) -> None:
-        self.seen.append(event)
+class StateChanges(Recorder):
+    """Keeps every ``workflow_state_changed``; ``changes()`` gives them as tuples."""
 
     def changes(self, instance_id: str | None = None) -> list[tuple[Any, ...]]:
         return [
@@ -105,7 +92,7 @@ def _start_flows(make_kernel, serve_kernel, flow_dir) -> Callable[..., Any]:
         for name, content in (files or {}).items():
             write(flow_dir, name, content)
         settings = {"workflows.dir": str(flow_dir), **options.pop("settings", {})}
-        recorder = Recorder()
+        recorder = StateChanges("workflow_state_changed", name="wf-recorder")
         kernel = make_kernel(recorder, *plugins, settings=settings, **options)
         client = await serve_kernel(kernel)
         return Flows(client, kernel, recorder)
