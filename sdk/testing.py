@@ -143,6 +143,9 @@ class Recorder:
     def of_type(self, event_type: str) -> list[Event]:
         return [e for e in self.seen if e.event_type == event_type]
 
+    def from_source(self, source: str) -> list[Event]:
+        return [e for e in self.seen if e.source == source]
+
 
 @pytest.fixture
 def aman_plugins() -> list[object]:

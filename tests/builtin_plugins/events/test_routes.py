@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from typing import Any
@@ -12,39 +11,17 @@ import attrs
 import pytest
 
 from builtin_plugins.events import KNOWN_TYPES, find_cycle
-from sdk import Event, EventHandler, EventMetadata, hookimpl
-from sdk.testing import wait_for
+from sdk import Event, EventMetadata
+from sdk.testing import Recorder, wait_for
 
 DEBUG = {"debug.force_enable_debug_endpoints": True, "event_bus.retry_backoff_ms": [1]}
 OPS = {"x-aman-operator": "ops"}
 UUID = "0192f3a4-5b6c-7d8e-9f00-aabbccddeeff"
 
 
-class Recorder:
-    """A subscriber plugin that keeps what it receives; ``gate`` holds it."""
-
-    def __init__(self, name: str = "recorder", types: tuple[str, ...] = ()) -> None:
-        self.name = name
-        self.types = types
-        self.seen: list[Any] = []
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.entered = asyncio.Event()
-
-    @hookimpl
-    def register_event_handlers(self) -> list[EventHandler]:
-        return [EventHandler(name="all", handler=self.handle, event_types=self.types)]
-
-    async def handle(self, event: Event) -> None:
-        self.entered.set()
-        await self.gate.wait()
-        self.seen.append(event)
-
-
-
 @pytest.fixture(name="setup")
 async def _setup(make_kernel, serve_kernel):
-    recorder = Recorder(types=("order.created", "order.paid", "t.inject"))
+    recorder = Recorder("order.created", "order.paid", "t.inject")
     kernel = make_kernel(recorder, settings=DEBUG)
     client = await serve_kernel(kernel)
     return client, kernel, recorder
@@ -121,14 +98,20 @@ async def test_push_applies_every_field(setup):
     assert (resp.status_code, body["target"], body["status"]) == (200, "agent:aman", "queued")
     assert body["trace_id"] == UUID  # ids are lower-case (http-api §1.10)
     event = await (await client.get(f"/events/dump/{body['id']}")).get_json()
-    assert (event["priority"], event["delivery"], event["dedup_key"]) == ("high", "exactly_once", "order-7")
+    assert (event["priority"], event["delivery"], event["dedup_key"]) == (
+        "high",
+        "exactly_once",
+        "order-7",
+    )
     assert event["metadata"]["agent_id"] == "aman"
     assert event["metadata"]["ttl_ms"] == 60_000
     assert event["metadata"]["trace_id"] == UUID
     assert await audits(kernel, "event.push") == [("ops", "agent:aman", "ok", body["id"])]
 
     # a second event continues the trace; the trace lists both in time order
-    second = await (await push(client, source="shop", event_type="order.paid", trace_id=UUID)).get_json()
+    second = await (
+        await push(client, source="shop", event_type="order.paid", trace_id=UUID)
+    ).get_json()
     traced = await (await client.get(f"/events/trace/{UUID.upper()}")).get_json()
     assert [e["id"] for e in traced["events"]] == [body["id"], second["id"]]
     assert traced["trace_id"] == UUID
@@ -136,7 +119,9 @@ async def test_push_applies_every_field(setup):
 
 async def test_push_at_most_once_has_no_default_dedup_key(setup):
     client, _, _ = setup
-    body = await (await push(client, source="s", event_type="x.y", delivery="at_most_once")).get_json()
+    body = await (
+        await push(client, source="s", event_type="x.y", delivery="at_most_once")
+    ).get_json()
     event = await (await client.get(f"/events/dump/{body['id']}")).get_json()
     assert (event["delivery"], event["dedup_key"]) == ("at_most_once", None)
     assert event["metadata"]["max_retries"] == 0
@@ -147,13 +132,30 @@ async def test_a_dedup_key_makes_a_push_idempotent_in_any_mode(setup):
     expected = []
     for delivery in ("at_most_once", "at_least_once", "exactly_once"):
         first = await (
-            await push(client, source="s", event_type="order.created", delivery=delivery, dedup_key=delivery, payload=1)
+            await push(
+                client,
+                source="s",
+                event_type="order.created",
+                delivery=delivery,
+                dedup_key=delivery,
+                payload=1,
+            )
         ).get_json()
         again = await (
-            await push(client, source="s", event_type="order.created", delivery=delivery, dedup_key=delivery, payload=2)
+            await push(
+                client,
+                source="s",
+                event_type="order.created",
+                delivery=delivery,
+                dedup_key=delivery,
+                payload=2,
+            )
         ).get_json()
         assert (again["status"], again["id"]) == ("duplicate", first["id"]), delivery
-        expected += [("ops", "global", "ok", first["id"]), ("ops", "global", "ok", f"{first['id']} duplicate")]
+        expected += [
+            ("ops", "global", "ok", first["id"]),
+            ("ops", "global", "ok", f"{first['id']} duplicate"),
+        ]
     assert await audits(kernel, "event.push") == expected
     await wait_for(lambda: len(recorder.seen) == 3)
     recent = await (await client.get("/events/recent?event_type=order.created")).get_json()
@@ -164,7 +166,9 @@ async def test_push_to_the_default_agent_and_to_an_unknown_one(setup):
     client, kernel, recorder = setup
     resp = await push(client, source="s", event_type="order.created", agent_id="bob")
     assert (resp.status_code, await resp.get_json()) == (404, {"error": "agent not found: bob"})
-    assert await audits(kernel, "event.push") == [("ops", "agent:bob", "error", "agent not found: bob")]
+    assert await audits(kernel, "event.push") == [
+        ("ops", "agent:bob", "error", "agent not found: bob")
+    ]
     recent = await (await client.get("/events/recent?event_type=order.created")).get_json()
     assert recent["events"] == []
     # a bad field answers 400 before the agent is looked up
@@ -176,54 +180,79 @@ LONG = "x" * 129
 NAME_RULE = "must be 1-128 characters without control characters or surrounding whitespace"
 
 
-BAD_PUSHES = (
-    [
-        ({"event_type": "e", "payload": 1}, "missing required field 'source'"),
-        ({"source": "s", "payload": 1}, "missing required field 'event_type'"),
-        ({"source": "s", "event_type": "e"}, "missing required field 'payload'"),
-        ({"source": 5, "event_type": "e", "payload": 1}, "field 'source' must be a string"),
-        ({"source": "", "event_type": "e", "payload": 1}, "source cannot be empty"),
-        ({"source": "  ", "event_type": "e", "payload": 1}, "source cannot be empty"),
-        ({"source": LONG, "event_type": "e", "payload": 1}, f"source {NAME_RULE}"),
-        ({"source": "s", "event_type": "", "payload": 1}, "event_type cannot be empty"),
-        ({"source": "s", "event_type": " e", "payload": 1}, f"event_type {NAME_RULE}"),
-        ({"source": "s", "event_type": "a\nb", "payload": 1}, f"event_type {NAME_RULE}"),
-        ({"source": "s", "event_type": LONG, "payload": 1}, f"event_type {NAME_RULE}"),
-        (
-            {"source": "s", "event_type": "e", "payload": 1, "priority": "urgent"},
-            "invalid value for 'priority': 'urgent' (expected one of: high, normal, low)",
-        ),
-        (
-            {"source": "s", "event_type": "e", "payload": 1, "priority": "HIGH"},
-            "invalid value for 'priority': 'HIGH' (expected one of: high, normal, low)",
-        ),
-        (
-            {"source": "s", "event_type": "e", "payload": 1, "delivery": "twice"},
-            "invalid value for 'delivery': 'twice' (expected one of: at_most_once, at_least_once, exactly_once)",
-        ),
-        ({"source": "s", "event_type": "e", "payload": 1, "ttl_ms": 0}, "field 'ttl_ms' must be between 1 and 2592000000"),
-        (
-            {"source": "s", "event_type": "e", "payload": 1, "ttl_ms": 2_592_000_001},
-            "field 'ttl_ms' must be between 1 and 2592000000",
-        ),
-        ({"source": "s", "event_type": "e", "payload": 1, "ttl_ms": 1.0}, "field 'ttl_ms' must be an integer"),
-        ({"source": "s", "event_type": "e", "payload": 1, "ttl_ms": True}, "field 'ttl_ms' must be an integer"),
-        ({"source": "s", "event_type": "e", "payload": 1, "ttl_ms": "5"}, "field 'ttl_ms' must be an integer"),
-        ({"source": "s", "event_type": "e", "payload": 1, "dedup_key": ""}, "field 'dedup_key' must be between 1 and 256 characters"),
-        (
-            {"source": "s", "event_type": "e", "payload": 1, "dedup_key": "k" * 257},
-            "field 'dedup_key' must be between 1 and 256 characters",
-        ),
-        ({"source": "s", "event_type": "e", "payload": 1, "dedup_key": 5}, "field 'dedup_key' must be a string"),
-        ({"source": "s", "event_type": "e", "payload": 1, "trace_id": "abc"}, "field 'trace_id' must be a UUID"),
-        (
-            {"source": "s", "event_type": "e", "payload": 1, "trace_id": "{" + UUID + "}"},
-            "field 'trace_id' must be a UUID",
-        ),
-        ({"source": "s", "event_type": "e", "payload": 1, "trace_id": 7}, "field 'trace_id' must be a string"),
-        ({"source": "s", "event_type": "e", "payload": 1, "agent_id": 7}, "field 'agent_id' must be a string"),
-    ]
-)
+BAD_PUSHES = [
+    ({"event_type": "e", "payload": 1}, "missing required field 'source'"),
+    ({"source": "s", "payload": 1}, "missing required field 'event_type'"),
+    ({"source": "s", "event_type": "e"}, "missing required field 'payload'"),
+    ({"source": 5, "event_type": "e", "payload": 1}, "field 'source' must be a string"),
+    ({"source": "", "event_type": "e", "payload": 1}, "source cannot be empty"),
+    ({"source": "  ", "event_type": "e", "payload": 1}, "source cannot be empty"),
+    ({"source": LONG, "event_type": "e", "payload": 1}, f"source {NAME_RULE}"),
+    ({"source": "s", "event_type": "", "payload": 1}, "event_type cannot be empty"),
+    ({"source": "s", "event_type": " e", "payload": 1}, f"event_type {NAME_RULE}"),
+    ({"source": "s", "event_type": "a\nb", "payload": 1}, f"event_type {NAME_RULE}"),
+    ({"source": "s", "event_type": LONG, "payload": 1}, f"event_type {NAME_RULE}"),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "priority": "urgent"},
+        "invalid value for 'priority': 'urgent' (expected one of: high, normal, low)",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "priority": "HIGH"},
+        "invalid value for 'priority': 'HIGH' (expected one of: high, normal, low)",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "delivery": "twice"},
+        "invalid value for 'delivery': 'twice' (expected one of: at_most_once, at_least_once, exactly_once)",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "ttl_ms": 0},
+        "field 'ttl_ms' must be between 1 and 2592000000",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "ttl_ms": 2_592_000_001},
+        "field 'ttl_ms' must be between 1 and 2592000000",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "ttl_ms": 1.0},
+        "field 'ttl_ms' must be an integer",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "ttl_ms": True},
+        "field 'ttl_ms' must be an integer",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "ttl_ms": "5"},
+        "field 'ttl_ms' must be an integer",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "dedup_key": ""},
+        "field 'dedup_key' must be between 1 and 256 characters",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "dedup_key": "k" * 257},
+        "field 'dedup_key' must be between 1 and 256 characters",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "dedup_key": 5},
+        "field 'dedup_key' must be a string",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "trace_id": "abc"},
+        "field 'trace_id' must be a UUID",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "trace_id": "{" + UUID + "}"},
+        "field 'trace_id' must be a UUID",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "trace_id": 7},
+        "field 'trace_id' must be a string",
+    ),
+    (
+        {"source": "s", "event_type": "e", "payload": 1, "agent_id": 7},
+        "field 'agent_id' must be a string",
+    ),
+]
 
 
 async def test_push_rejects_bad_fields(setup):
@@ -231,7 +260,9 @@ async def test_push_rejects_bad_fields(setup):
     for body, message in BAD_PUSHES:  # one kernel for the whole table
         resp = await client.post("/events/push", json=body, headers=OPS)
         assert (resp.status_code, await resp.get_json()) == (400, {"error": message}), body
-    assert await audits(kernel, "event.push") == [("ops", "global", "error", m) for _, m in BAD_PUSHES]
+    assert await audits(kernel, "event.push") == [
+        ("ops", "global", "error", m) for _, m in BAD_PUSHES
+    ]
     recent = await (await client.get("/events/recent?source=s")).get_json()
     assert recent["events"] == []
 
@@ -239,8 +270,13 @@ async def test_push_rejects_bad_fields(setup):
 async def test_push_rejects_bodies_that_are_not_json_objects(setup):
     client, kernel, _ = setup
     resp = await client.post("/events/push", json=[1], headers=OPS)
-    assert (resp.status_code, await resp.get_json()) == (400, {"error": "request body must be a JSON object"})
-    resp = await client.post("/events/push", data="source=s", headers={"content-type": "text/plain"})
+    assert (resp.status_code, await resp.get_json()) == (
+        400,
+        {"error": "request body must be a JSON object"},
+    )
+    resp = await client.post(
+        "/events/push", data="source=s", headers={"content-type": "text/plain"}
+    )
     assert resp.status_code == 415
     resp = await client.post("/events/push", data="{", headers={"content-type": "application/json"})
     assert resp.status_code == 400
@@ -250,7 +286,12 @@ async def test_push_rejects_bodies_that_are_not_json_objects(setup):
 
 async def test_push_accepts_the_limits_of_its_ranges(setup):
     client, _, _ = setup
-    for extra in ({"ttl_ms": 1}, {"ttl_ms": 2_592_000_000}, {"dedup_key": "k" * 256}, {"source": "s" * 128}):
+    for extra in (
+        {"ttl_ms": 1},
+        {"ttl_ms": 2_592_000_000},
+        {"dedup_key": "k" * 256},
+        {"source": "s" * 128},
+    ):
         resp = await push(client, **{"source": "s", "event_type": "e", **extra})
         assert resp.status_code == 200, extra
 
@@ -262,7 +303,9 @@ async def test_push_needs_the_token_and_a_401_is_not_audited(make_kernel, serve_
     assert resp.status_code == 401
     assert await audits(kernel, "event.push") == []
     resp = await client.post(
-        "/events/push", json={"source": "s", "event_type": "e", "payload": 1}, headers={"x-aman-token": "t0k"}
+        "/events/push",
+        json={"source": "s", "event_type": "e", "payload": 1},
+        headers={"x-aman-token": "t0k"},
     )
     assert resp.status_code == 200
 
@@ -273,7 +316,9 @@ async def test_push_needs_the_token_and_a_401_is_not_audited(make_kernel, serve_
 async def test_inject_is_refused_unless_debug_endpoints_are_enabled(make_kernel, serve_kernel):
     kernel = make_kernel()
     client = await serve_kernel(kernel)
-    resp = await client.post("/inject-event", json={"source": "s", "event_type": "t.inject", "payload": 1}, headers=OPS)
+    resp = await client.post(
+        "/inject-event", json={"source": "s", "event_type": "t.inject", "payload": 1}, headers=OPS
+    )
     assert (resp.status_code, await resp.get_json()) == (
         403,
         {"error": "debug endpoints are disabled (set debug.force_enable_debug_endpoints = true)"},
@@ -287,7 +332,11 @@ async def test_inject_is_refused_unless_debug_endpoints_are_enabled(make_kernel,
 
 async def test_inject_publishes_a_trusted_guaranteed_event(setup):
     client, kernel, recorder = setup
-    resp = await client.post("/inject-event", json={"source": "timer:x", "event_type": "t.inject", "payload": None}, headers=OPS)
+    resp = await client.post(
+        "/inject-event",
+        json={"source": "timer:x", "event_type": "t.inject", "payload": None},
+        headers=OPS,
+    )
     body = await resp.get_json()
     assert resp.status_code == 200 and set(body) == {"id", "trace_id", "status"}
     assert body["status"] == "queued"
@@ -301,10 +350,15 @@ async def test_inject_publishes_a_trusted_guaranteed_event(setup):
     )
     assert event["payload"] is None and event["metadata"]["trace_id"] == body["trace_id"]
     again = await (
-        await client.post("/inject-event", json={"source": "timer:x", "event_type": "t.inject", "payload": None})
+        await client.post(
+            "/inject-event", json={"source": "timer:x", "event_type": "t.inject", "payload": None}
+        )
     ).get_json()
     assert again["id"] != body["id"] and again["trace_id"] != body["trace_id"]  # not idempotent
-    assert await audits(kernel, "event.inject") == [("ops", "debug", "ok", body["id"]), ("api", "debug", "ok", again["id"])]
+    assert await audits(kernel, "event.inject") == [
+        ("ops", "debug", "ok", body["id"]),
+        ("api", "debug", "ok", again["id"]),
+    ]
 
 
 async def test_inject_rejects_bad_fields(setup):
@@ -324,8 +378,10 @@ async def test_inject_rejects_bad_fields(setup):
 # --- backpressure ------------------------------------------------------------------------------
 
 
-async def test_backpressure_refuses_http_publishes_and_drops_at_most_once(make_kernel, serve_kernel):
-    blocker = Recorder("blocker", types=("fill",))
+async def test_backpressure_refuses_http_publishes_and_drops_at_most_once(
+    make_kernel, serve_kernel
+):
+    blocker = Recorder("fill", name="blocker")
     kernel = make_kernel(blocker, settings={**DEBUG, "event_bus.max_queue_size": 20})
     client = await serve_kernel(kernel)
     blocker.gate.clear()
@@ -338,7 +394,9 @@ async def test_backpressure_refuses_http_publishes_and_drops_at_most_once(make_k
     resp = await push(client, source="s", event_type="e")
     assert (resp.status_code, await resp.get_json()) == (503, {"error": refused})
     assert resp.headers["Retry-After"] == "1"
-    resp = await client.post("/inject-event", json={"source": "s", "event_type": "e", "payload": 1}, headers=OPS)
+    resp = await client.post(
+        "/inject-event", json={"source": "s", "event_type": "e", "payload": 1}, headers=OPS
+    )
     assert (resp.status_code, await resp.get_json()) == (503, {"error": refused})
 
     resp = await push(client, source="s", event_type="e", delivery="at_most_once", trace_id=UUID)
@@ -349,9 +407,14 @@ async def test_backpressure_refuses_http_publishes_and_drops_at_most_once(make_k
     await kernel.bus.publish("fill", 2, delivery="at_least_once")
     assert kernel.bus.level == "Critical"
     resp = await push(client, source="s", event_type="e", priority="low")
-    assert (resp.status_code, await resp.get_json()) == (503, {"error": "event bus is full; retry later"})
+    assert (resp.status_code, await resp.get_json()) == (
+        503,
+        {"error": "event bus is full; retry later"},
+    )
     resp = await push(client, source="s", event_type="e")
-    assert (await resp.get_json())["error"] == "event bus backpressure (level Critical); retry later"
+    assert (await resp.get_json())[
+        "error"
+    ] == "event bus backpressure (level Critical); retry later"
 
     assert await audits(kernel, "event.push") == [
         ("ops", "global", "error", refused),
@@ -380,12 +443,21 @@ async def test_unknown_trace_and_event_are_404(setup):
 
 async def _store(kernel, *events: Event) -> None:
     rows = [
-        (e.id, e.metadata.trace_id, e.event_type, e.source, json.dumps(kernel.converter.unstructure(e)))
+        (
+            e.id,
+            e.metadata.trace_id,
+            e.event_type,
+            e.source,
+            json.dumps(kernel.converter.unstructure(e)),
+        )
         for e in events
     ]
 
     def insert(conn: sqlite3.Connection) -> None:
-        conn.executemany("INSERT INTO bus_events (id, trace_id, event_type, source, body) VALUES (?, ?, ?, ?, ?)", rows)
+        conn.executemany(
+            "INSERT INTO bus_events (id, trace_id, event_type, source, body) VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
 
     await kernel.store.write(insert)
 
@@ -432,7 +504,10 @@ def _event(event_id: str, parent: str | None) -> Event:
         ([("a", None), ("b", "a"), ("c", "b")], None),
         ([("a", "a")], ["a", "a"]),
         ([("a", "b"), ("b", "a")], ["a", "b", "a"]),
-        ([("t", "x"), ("x", "y"), ("y", "z"), ("z", "x")], ["x", "y", "z", "x"]),  # a tail into a loop
+        (
+            [("t", "x"), ("x", "y"), ("y", "z"), ("z", "x")],
+            ["x", "y", "z", "x"],
+        ),  # a tail into a loop
         ([("a", "gone"), ("b", "c"), ("c", "b")], ["b", "c", "b"]),  # a parent outside the trace
     ],
 )
@@ -443,8 +518,12 @@ def test_find_cycle(links, path):
 async def test_recent_is_newest_first_with_exact_filters_and_a_clamped_limit(setup):
     client, _, _ = setup
     ids = []
-    for n, (source, event_type) in enumerate([("a", "x.one"), ("b", "x.one"), ("a", "x.two"), ("a", "X.one")]):
-        body = await (await push(client, source=source, event_type=event_type, payload=n)).get_json()
+    for n, (source, event_type) in enumerate(
+        [("a", "x.one"), ("b", "x.one"), ("a", "x.two"), ("a", "X.one")]
+    ):
+        body = await (
+            await push(client, source=source, event_type=event_type, payload=n)
+        ).get_json()
         ids.append(body["id"])
 
     async def recent(query: str) -> list[str]:
@@ -483,10 +562,24 @@ async def test_types_lists_the_built_in_types_in_order(setup):
     body = await (await client.get("/events/types")).get_json()
     assert body == {
         "known_types": [
-            "file_created", "file_changed", "file_deleted", "cron_tick", "timer_tick", "heartbeat",
-            "message_received", "webhook_received", "system_signal", "workflow_state_changed",
-            "skill_loaded", "skill_reloaded", "config_changed", "secret_rotated", "injection_detected",
-            "idle", "system.queue_drained", "agent:message",
+            "file_created",
+            "file_changed",
+            "file_deleted",
+            "cron_tick",
+            "timer_tick",
+            "heartbeat",
+            "message_received",
+            "webhook_received",
+            "system_signal",
+            "workflow_state_changed",
+            "skill_loaded",
+            "skill_reloaded",
+            "config_changed",
+            "secret_rotated",
+            "injection_detected",
+            "idle",
+            "system.queue_drained",
+            "agent:message",
         ],
         "custom": "Any string not in known_types is a custom event type and is kept as is.",
     }
@@ -496,7 +589,12 @@ async def test_types_lists_the_built_in_types_in_order(setup):
 async def test_reads_are_not_audited_and_follow_availability(setup):
     client, kernel, _ = setup
     before = (await kernel.audit.query()).items
-    for path in ("/events/recent", "/events/types", f"/events/trace/{UUID}", f"/events/dump/{UUID}"):
+    for path in (
+        "/events/recent",
+        "/events/types",
+        f"/events/trace/{UUID}",
+        f"/events/dump/{UUID}",
+    ):
         assert (await client.head(path)).status_code in (200, 404)
         await client.get(path)
     assert (await kernel.audit.query()).items == before

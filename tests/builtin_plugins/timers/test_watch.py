@@ -9,24 +9,14 @@ from typing import Any
 
 import pytest
 
-from sdk import Event, EventHandler, hookimpl
+from sdk.testing import Recorder
 from sdk.testing import wait_for as _wait_for
 
 FILE_EVENTS = ("file_created", "file_changed", "file_deleted")
 
 
-class Recorder:
-    name = "recorder"
-
-    def __init__(self) -> None:
-        self.seen: list[Event] = []
-
-    @hookimpl
-    def register_event_handlers(self) -> list[EventHandler]:
-        return [EventHandler(name="files", handler=self.handle, event_types=FILE_EVENTS)]
-
-    async def handle(self, event: Event) -> None:
-        self.seen.append(event)
+class FileEvents(Recorder):
+    """Keeps the file events of watch sources; ``about()`` tells what happened to one file."""
 
     def about(self, path: Path, source: str = "watch:inbox") -> list[tuple[str, str]]:
         return [
@@ -36,13 +26,14 @@ class Recorder:
         ]
 
 
-
 async def wait_for(predicate, timeout: float = 10.0) -> None:
     """File events arrive through the OS watcher: allow more time than the default."""
     await _wait_for(predicate, timeout=timeout, interval=0.02)
 
 
-async def until_watching(recorder: Recorder, directory: Path, source: str = "watch:inbox") -> None:
+async def until_watching(
+    recorder: FileEvents, directory: Path, source: str = "watch:inbox"
+) -> None:
     """Touch a new probe file until the watcher reports it: it is listening from then on."""
     probe = directory / f"probe-{len(recorder.seen)}.txt"
     deadline = asyncio.get_running_loop().time() + 10
@@ -59,7 +50,7 @@ async def _start(make_kernel, serve_kernel, tmp_path):
     async def start(table: str, **settings: Any):
         path = tmp_path / "aman.toml"
         path.write_text(table)
-        recorder = Recorder()
+        recorder = FileEvents(*FILE_EVENTS)
         kernel = make_kernel(recorder, config_path=path, settings=settings)
         client = await serve_kernel(kernel)
         return client, kernel, recorder, path
@@ -109,7 +100,11 @@ async def test_reports_created_changed_and_deleted_files_matching_the_patterns(s
     assert recorder.about(inbox / "skip.log") == []
     assert not [e for e in recorder.seen if e.payload["path"] == str(inbox / "sub")]
     event = next(e for e in recorder.seen if e.payload["path"] == str(note))
-    assert (event.delivery, event.priority, event.trust_level) == ("at_most_once", "normal", "trusted")
+    assert (event.delivery, event.priority, event.trust_level) == (
+        "at_most_once",
+        "normal",
+        "trusted",
+    )
     assert event.payload == {"path": str(note), "kind": "created"}
 
 
