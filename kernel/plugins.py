@@ -81,6 +81,7 @@ BUILTINS: tuple[tuple[str, str, bool], ...] = (
     ("capabilities", "builtin_plugins.capabilities", True),
     ("workflows", "builtin_plugins.workflows", True),
     ("skills", "builtin_plugins.skills", True),
+    ("notifications", "builtin_plugins.notifications", False),
     ("sources", "builtin_plugins.sources", True),
     ("ui", "builtin_plugins.ui", True),
 )

@@ -57,6 +57,7 @@ from .models import (
     in_range,
 )
 from .services import (
+    NOTIFIER,
     SKILL_RUNNER,
     AuditLog,
     AuditPage,
@@ -65,6 +66,7 @@ from .services import (
     ConfigChange,
     DeadLetterQueue,
     Lifecycle,
+    Notifier,
     PluginChange,
     PluginInfo,
     PluginInstalled,
@@ -79,6 +81,7 @@ from .tasks import cancel
 
 __all__ = [
     "API_VERSION",
+    "NOTIFIER",
     "SKILL_RUNNER",
     "AuditLog",
     "AuditNote",
@@ -106,6 +109,7 @@ __all__ = [
     "Lifecycle",
     "Migration",
     "NotFound",
+    "Notifier",
     "PluginChange",
     "PluginContext",
     "PluginInfo",

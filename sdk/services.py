@@ -25,6 +25,7 @@ from .models import (
 )
 
 __all__ = [
+    "NOTIFIER",
     "SKILL_RUNNER",
     "AuditLog",
     "AuditPage",
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigChange",
     "DeadLetterQueue",
     "Lifecycle",
+    "Notifier",
     "PluginChange",
     "PluginInfo",
     "PluginInstalled",
@@ -337,3 +339,20 @@ class SkillRunner(Protocol):
 
 #: The skills plugin puts its :class:`SkillRunner` here while it runs.
 SKILL_RUNNER: StashKey[SkillRunner] = StashKey()
+
+
+class Notifier(Protocol):
+    """What the ``notifications`` plugin offers other plugins under :data:`NOTIFIER` in the stash:
+    raise a notification for the operator (http-api §13) without importing that plugin."""
+
+    async def notify(
+        self, *, severity: str, category: str, title: str, body: str = "", source: str = ""
+    ) -> str:
+        """Store the notification and publish ``notification:created``; answer its id. Raise
+        :class:`~sdk.Invalid` for an unknown ``severity`` or ``category`` (http-api §13)."""
+        ...
+
+
+#: The notifications plugin puts its :class:`Notifier` here while it runs (absent while it is
+#: disabled: ``ctx.stash.get(NOTIFIER)`` is then None).
+NOTIFIER: StashKey[Notifier] = StashKey()

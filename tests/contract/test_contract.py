@@ -144,6 +144,13 @@ ENDPOINTS = [
     ("GET", "/skill/{name}/versions", False, False, "ready", None),
     ("POST", "/skill/{name}/rollback", False, True, "ready", "skill.rollback"),
     ("POST", "/skills/reload", False, False, "ready", "skills.reload"),
+    ("GET", "/notifications", False, False, "ready", None),
+    ("GET", "/notifications/unread-count", False, False, "ready", None),
+    ("POST", "/notifications/{id}/dismiss", False, False, "ready", None),
+    ("POST", "/notifications/{id}/ack", False, False, "ready", None),
+    ("POST", "/notifications/dismiss-all", False, False, "ready", None),
+    ("POST", "/notifications/test", False, False, "ready", None),
+    ("POST", "/notifications/send", False, False, "ready", None),
     ("GET", "/ui/pages", True, False, "always", None),
 ]
 
