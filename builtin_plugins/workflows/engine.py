@@ -29,6 +29,7 @@ import yaml
 from attrs import Factory, define, frozen
 
 from sdk import (
+    NOTIFIER,
     SKILL_RUNNER,
     Conflict,
     Event,
@@ -628,14 +629,21 @@ class Engine:
                 await self._save(inst)
                 return
             if timeout.on_timeout_alert:
-                # http-api §8 also raises a warning notification; notifications do not exist yet.
-                log.warning(
-                    "workflow instance %s (%s) timed out in state %s",
-                    inst.id,
-                    definition.name,
-                    inst.current_state,
-                )
+                await self._alert(inst, definition)
             await self._move(inst, definition, timeout.on_timeout, "TIMEOUT", "Timeout")
+
+    async def _alert(self, inst: Instance, definition: Definition) -> None:
+        """``on_timeout_alert``: a warning notification (http-api §8), when notifications run."""
+        title = f"workflow {definition.name}: instance {inst.id} timed out in state {inst.current_state}"
+        log.warning("%s", title)
+        notifier = self._ctx.stash.get(NOTIFIER)
+        if notifier is not None:
+            try:
+                await notifier.notify(
+                    severity="warning", category="workflow", title=title, source="workflows"
+                )
+            except Exception:
+                log.exception("workflow timeout alert failed")
 
     async def _auto_retry(self, inst: Instance, definition: Definition) -> None:
         """Automatic retry: the retry rules, then the failed event is fed again; if its action

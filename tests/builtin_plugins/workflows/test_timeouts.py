@@ -71,7 +71,11 @@ async def test_clocks_pause_and_resume_with_the_remaining_time(start_flows, capl
     got = await flows.instance(iid)
     assert got["current_state"] == "C" and got["timeout_clock"]["remaining_ms"] == {}
     await wait_for(lambda: ("A", "C", "TIMEOUT", "Timeout") in flows.recorder.changes(iid))
-    assert "timed out in state A" in caplog.text  # on_timeout_alert (no notifications yet)
+    assert "timed out in state A" in caplog.text
+    # on_timeout_alert raised a warning notification (through sdk.NOTIFIER)
+    items = await (await flows.client.get("/notifications")).get_json()
+    alerts = [n for n in items if n["category"] == "workflow" and "timed out in state A" in n["title"]]
+    assert [n["severity"] for n in alerts] == ["warning"]
 
 
 async def test_timeout_into_last_active_and_error_bookkeeping(start_flows):
