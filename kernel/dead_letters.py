@@ -172,7 +172,13 @@ class DeadLetters:
         body = json.dumps(converter.unstructure(event), separators=(",", ":"), ensure_ascii=False)
         created = await self._store.write(
             lambda conn: self.add_in(
-                conn, event, body, subscriber=None, reason=reason, original_retry_count=0, ttl_days=ttl_days
+                conn,
+                event,
+                body,
+                subscriber=None,
+                reason=reason,
+                original_retry_count=0,
+                ttl_days=ttl_days,
             )
         )
         if created:
@@ -306,6 +312,31 @@ class DeadLetters:
         entry = _entry(await self._store.write(remove))
         self.depth -= 1
         return entry
+
+    async def due_alerts(self, thresholds: list[int]) -> list[tuple[str, int, str]]:
+        """The entries that reached a days-left threshold not alerted yet, as
+        ``(id, days, event_type)``, marked as alerted: once per threshold, and one alert when an
+        entry crosses several at once (a short TTL)."""
+        now = now_ms()
+
+        def pick(conn: sqlite3.Connection) -> list[tuple[str, int, str]]:
+            due_now = []
+            rows = conn.execute(
+                "SELECT id, expires_at_ms, alerts_sent, event_type FROM dead_letters WHERE state = 'dead'"
+            ).fetchall()
+            for row in rows:
+                days_left = (row["expires_at_ms"] - now) / DAY_MS
+                sent = set(json.loads(row["alerts_sent"]))
+                crossed = [t for t in thresholds if days_left <= t and t not in sent]
+                if crossed:
+                    conn.execute(
+                        "UPDATE dead_letters SET alerts_sent = ? WHERE id = ?",
+                        (json.dumps(sorted(sent | set(crossed))), row["id"]),
+                    )
+                    due_now.append((row["id"], min(crossed), row["event_type"]))
+            return due_now
+
+        return await self._store.write(pick)
 
     async def expire(self) -> list[str]:
         """Move entries whose TTL passed to the archive; returns their ids."""

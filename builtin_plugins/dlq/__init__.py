@@ -12,7 +12,17 @@ from typing import Any
 
 from attrs import field, frozen
 
-from sdk import AuditNote, Invalid, PluginContext, Route, StashKey, cancel, hookimpl, in_range
+from sdk import (
+    NOTIFIER,
+    AuditNote,
+    Invalid,
+    PluginContext,
+    Route,
+    StashKey,
+    cancel,
+    hookimpl,
+    in_range,
+)
 
 __all__ = ["EXPIRE_EVERY_SEC", "expire_entries"]
 
@@ -164,7 +174,26 @@ async def expire_entries(ctx: PluginContext) -> list[str]:
         await ctx.audit.record(
             operator="system", action="dlq.expire", target=f"dlq:{entry_id}", outcome="ok"
         )
+    await _warn_of_expiry(ctx)
     return expired
+
+
+async def _warn_of_expiry(ctx: PluginContext) -> None:
+    """A warning notification when an entry has ``dlq.expiry_alert_days`` (7, 3, 1) days left,
+    once per threshold (http-api §9), while the notifications plugin runs."""
+    notifier = ctx.stash.get(NOTIFIER)
+    if notifier is None:
+        return
+    for entry_id, days, event_type in await ctx.bus.dead_letters.due_alerts(
+        ctx.settings.get("dlq.expiry_alert_days")
+    ):
+        await notifier.notify(
+            severity="warning",
+            category="dlq",
+            title=f"DLQ entry {entry_id} ({event_type}) expires in {days} day(s)",
+            body="Retry it (POST /dlq/{id}/retry) or discard it before it is archived.",
+            source="dlq",
+        )
 
 
 async def _sweep(ctx: PluginContext) -> None:

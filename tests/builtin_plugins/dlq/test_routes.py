@@ -589,3 +589,25 @@ async def test_retrying_an_expired_event(start, dead_letter_expired):
     else:  # dropped
         await eventually(lambda: _gone(kernel, event_id))
         assert await depth(client) == 0
+
+
+async def test_entries_close_to_expiry_raise_one_warning_per_threshold(make_kernel, serve_kernel):
+    kernel = make_kernel(settings=SETTINGS)
+    client = await serve_kernel(kernel)
+    soon = await client.post(
+        "/debug/dlq/enqueue",
+        json={"source": "shop", "event_type": "order.created", "payload": None, "ttl_days": 1},
+    )
+    later = await client.post(
+        "/debug/dlq/enqueue", json={"source": "shop", "event_type": "order.paid", "payload": None}
+    )
+    assert soon.status_code == later.status_code == 200
+    ctx = kernel.plugins.records["dlq"].ctx
+    await dlq_plugin.expire_entries(ctx)
+    await dlq_plugin.expire_entries(ctx)  # a second sweep repeats nothing
+    items = await (await client.get("/notifications")).get_json()
+    warnings = [n for n in items if n["category"] == "dlq" and "expires in" in n["title"]]
+    soon_id = (await soon.get_json())["id"]
+    assert [(n["severity"], n["title"]) for n in warnings] == [
+        ("warning", f"DLQ entry {soon_id} (order.created) expires in 1 day(s)")
+    ]
