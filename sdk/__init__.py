@@ -32,6 +32,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .hookspecs import API_VERSION
+from .ids import now_ms, uuid7
 from .models import (
     AuditNote,
     ConfigKey,
@@ -141,6 +142,8 @@ __all__ = [
     "cancel",
     "hookimpl",
     "in_range",
+    "now_ms",
+    "uuid7",
 ]
 
 #: The marker for hook implementations (pluggy project name ``aman``).

@@ -284,7 +284,9 @@ class Plugins(Protocol):
         ``audit.detail`` are filled in as soon as they are known."""
         ...
 
-    async def uninstall(self, name: str, *, purge: bool = False, operator: str) -> PluginUninstalled:
+    async def uninstall(
+        self, name: str, *, purge: bool = False, operator: str
+    ) -> PluginUninstalled:
         """Stop and remove an installed plugin; ``purge`` also deletes its data directory."""
         ...
 

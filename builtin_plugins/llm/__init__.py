@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 from typing import Any
 
 from attrs import define
@@ -29,6 +28,7 @@ from sdk import (
     Unavailable,
     cancel,
     hookimpl,
+    now_ms,
 )
 
 PROBE_INTERVAL_SEC = 60
@@ -103,7 +103,7 @@ class Registry:
         if backend is None:
             return
         before = backend.state
-        backend.checked_at_ms = time.time_ns() // 1_000_000
+        backend.checked_at_ms = now_ms()
         if error is None:
             backend.consecutive_failures, backend.last_error, backend.state = 0, None, "ok"
         else:

@@ -91,22 +91,27 @@ def register_event_handlers(ctx: PluginContext) -> list[EventHandler]:
 def register_routes(ctx: PluginContext) -> list[Route]:
     return [
         Route(
-            method="GET", path="/notifications", handler=list_notifications,
-            name="list_notifications", query=ListQuery,
+            method="GET",
+            path="/notifications",
+            handler=list_notifications,
+            name="list_notifications",
+            query=ListQuery,
         ),
         Route(
-            method="GET", path="/notifications/unread-count", handler=unread_count,
+            method="GET",
+            path="/notifications/unread-count",
+            handler=unread_count,
             name="unread_count",
         ),
         Route(
-            method="POST", path="/notifications/dismiss-all", handler=dismiss_all,
+            method="POST",
+            path="/notifications/dismiss-all",
+            handler=dismiss_all,
             name="dismiss_all",
         ),
         Route(method="POST", path="/notifications/test", handler=test, name="test", body=TestIn),
         Route(method="POST", path="/notifications/send", handler=send, name="send", body=SendIn),
-        Route(
-            method="POST", path="/notifications/{id}/dismiss", handler=dismiss, name="dismiss"
-        ),
+        Route(method="POST", path="/notifications/{id}/dismiss", handler=dismiss, name="dismiss"),
         Route(method="POST", path="/notifications/{id}/ack", handler=ack, name="ack"),
     ]
 
@@ -195,8 +200,13 @@ async def test(ctx: PluginContext, body: TestIn) -> dict[str, Any]:
     _length("message", body.message, MESSAGE_MAX)
     label, route = _action(body.action_label, body.action_route)
     notification_id = await ctx.stash[NOTIFICATIONS].create(
-        severity=body.severity, category="gateway", title=body.title, message=body.message,
-        source="api", action_label=label, action_route=route,
+        severity=body.severity,
+        category="gateway",
+        title=body.title,
+        message=body.message,
+        source="api",
+        action_label=label,
+        action_route=route,
     )
     return {"ok": True, "id": notification_id}
 
@@ -209,8 +219,12 @@ async def send(ctx: PluginContext, body: SendIn, operator: str) -> dict[str, Any
     _choice("category", body.category, CATEGORIES)
     label, route = _action(body.action_label, body.action_route)
     notification_id = await ctx.stash[NOTIFICATIONS].create(
-        severity=body.severity, category=body.category,
+        severity=body.severity,
+        category=body.category,
         title=body.title if body.title is not None else body.message[:50],
-        message=body.message, source=f"api:{operator}", action_label=label, action_route=route,
+        message=body.message,
+        source=f"api:{operator}",
+        action_label=label,
+        action_route=route,
     )
     return {"ok": True, "id": notification_id}

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
-import time
 from typing import Any
 
-from sdk import Invalid, Migration, NotFound, PluginContext
+from sdk import Invalid, Migration, NotFound, PluginContext, now_ms, uuid7
 
-__all__ = ["CATEGORIES", "MIGRATIONS", "SEVERITIES", "Notifications", "uuid7"]
+__all__ = ["CATEGORIES", "MIGRATIONS", "SEVERITIES", "Notifications"]
 
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
 CATEGORIES: tuple[str, ...] = (
-    "backpressure", "security", "workflow", "llm", "plugin", "skill", "dlq", "gateway", "secret",
+    "backpressure",
+    "security",
+    "workflow",
+    "llm",
+    "plugin",
+    "skill",
+    "dlq",
+    "gateway",
+    "secret",
     "idle",
 )
 TITLE_MAX = 200
@@ -44,34 +49,20 @@ MIGRATIONS = [
     )
 ]
 _COLUMNS = (
-    "id", "severity", "category", "created_at", "title", "message", "dismissed", "dismissible",
-    "action_label", "action_route", "event_id", "source",
+    "id",
+    "severity",
+    "category",
+    "created_at",
+    "title",
+    "message",
+    "dismissed",
+    "dismissible",
+    "action_label",
+    "action_route",
+    "event_id",
+    "source",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM notifications"
-
-_lock = threading.Lock()
-_last = [0, 0]
-
-
-def uuid7() -> str:
-    """A UUIDv7 (http-api §1.10), monotonic within the process (plugins never import the kernel)."""
-    entropy = int.from_bytes(os.urandom(10), "big")
-    with _lock:
-        ms = time.time_ns() // 1_000_000
-        if ms <= _last[0]:
-            ms = _last[0]
-            _last[1] += 1
-            if _last[1] > 0xFFF:
-                ms += 1
-                _last[1] = 0
-        else:
-            _last[1] = entropy & 0x3FF
-        _last[0] = ms
-        counter = _last[1]
-    rand = (entropy >> 16) & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _object(row: sqlite3.Row) -> dict[str, Any]:
@@ -114,16 +105,30 @@ class Notifications:
         """Store a notification, prune the oldest beyond ``max_items``, publish
         ``notification:created``; answer its id."""
         if severity not in SEVERITIES:
-            raise Invalid(f"invalid value for 'severity': '{severity}'"
-                          f" (expected one of: {', '.join(SEVERITIES)})")
+            raise Invalid(
+                f"invalid value for 'severity': '{severity}'"
+                f" (expected one of: {', '.join(SEVERITIES)})"
+            )
         if category not in CATEGORIES:
-            raise Invalid(f"invalid value for 'category': '{category}'"
-                          f" (expected one of: {', '.join(CATEGORIES)})")
+            raise Invalid(
+                f"invalid value for 'category': '{category}'"
+                f" (expected one of: {', '.join(CATEGORIES)})"
+            )
         notification_id = uuid7()
         title, message = title[:TITLE_MAX], message[:MESSAGE_MAX]
         row = (
-            notification_id, severity, category, time.time_ns() // 1_000_000, title, message, 0,
-            0 if severity == "critical" else 1, action_label, action_route, event_id, source,
+            notification_id,
+            severity,
+            category,
+            now_ms(),
+            title,
+            message,
+            0,
+            0 if severity == "critical" else 1,
+            action_label,
+            action_route,
+            event_id,
+            source,
         )
         keep = self._max_items()
 
@@ -143,8 +148,7 @@ class Notifications:
         try:
             await self._ctx.bus.publish(
                 "notification:created",
-                {"id": notification_id, "severity": severity, "category": category,
-                 "title": title},
+                {"id": notification_id, "severity": severity, "category": category, "title": title},
                 source="notifications",
                 delivery="at_most_once",
             )

@@ -7,11 +7,10 @@ higher raises a warning at most once per 10 minutes, reaching L4B a critical one
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
-from sdk import Event, PluginContext
+from sdk import Event, PluginContext, now_ms
 
 from .store import Notifications
 
@@ -41,10 +40,6 @@ WATCH_EVERY_SEC = 1.0
 _HIGH_LEVELS = ("L3", "L4A", "L4B", "Critical")
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _payload(event: Event) -> dict[str, Any]:
     return event.payload if isinstance(event.payload, dict) else {}
 
@@ -61,7 +56,7 @@ class Subscriber:
     def __init__(self, notifications: Notifications, ctx: PluginContext) -> None:
         self.notifications = notifications
         self._ctx = ctx
-        self.clock: Callable[[], int] = _now_ms
+        self.clock: Callable[[], int] = now_ms
         self._last_backpressure: int | None = None
         self._l4b = False
         self._dlq_last: dict[str, int] = {}
@@ -74,18 +69,24 @@ class Subscriber:
         if kind == "llm_error":
             session = payload.get("session_id")
             await raise_(
-                "warning", "llm", "LLM call failed",
+                "warning",
+                "llm",
+                "LLM call failed",
                 f"agent {payload.get('agent_id')}: {payload.get('error')}",
                 action=("Open session", f"/chat/{session}") if session else None,
             )
         elif kind == "output_blocked":
             await raise_(
-                "warning", "security", "Reply blocked by output policy",
+                "warning",
+                "security",
+                "Reply blocked by output policy",
                 f"Reason: {payload.get('reason')}",
             )
         elif kind == "injection_detected":
             await raise_(
-                "critical", "security", "Prompt injection detected",
+                "critical",
+                "security",
+                "Prompt injection detected",
                 f"Source: {payload.get('source') or event.source}, pattern: {payload.get('pattern')}",
             )
         elif kind == "workflow_state_changed":
@@ -95,20 +96,26 @@ class Subscriber:
             names = removed if isinstance(removed, list) else []
             if len(names) >= 3:
                 await raise_(
-                    "warning", "skill", "Several skills were removed",
+                    "warning",
+                    "skill",
+                    "Several skills were removed",
                     ", ".join(str(n) for n in names),
                 )
         elif kind == "dlq:enqueued":
             await self._dead_lettered(event, payload)
         elif kind == "plugin:quarantined":
             await raise_(
-                "critical", "plugin", "Plugin disabled after repeated failures",
+                "critical",
+                "plugin",
+                "Plugin disabled after repeated failures",
                 f"{payload.get('name')}: {payload.get('error', 'repeated failures')}",
             )
         elif kind == "tool_auth_required":
             session = payload.get("session_id")
             await raise_(
-                "warning", "security", "Tool approval needed",
+                "warning",
+                "security",
+                "Tool approval needed",
                 f"{payload.get('agent_id')} wants to run {payload.get('tool')}",
                 action=("Review", f"/chat/{session}") if session else None,
             )
@@ -122,19 +129,30 @@ class Subscriber:
             await raise_("warning", "secret", "Secret rotated", str(payload.get("name")))
         elif kind == "agent:reply_ready" and payload.get("background") is True:
             await raise_(
-                "info", "idle", f"{payload.get('agent_id')} finished a background task",
+                "info",
+                "idle",
+                f"{payload.get('agent_id')} finished a background task",
                 str(payload.get("reply") or "")[:120],
             )
 
     def _raise(self, event: Event) -> Callable[..., Any]:
         async def raise_(
-            severity: str, category: str, title: str, message: str,
+            severity: str,
+            category: str,
+            title: str,
+            message: str,
             action: tuple[str, str] | None = None,
         ) -> str:
             label, route = action if action is not None else (None, None)
             return await self.notifications.create(
-                severity=severity, category=category, title=title, message=message,
-                source=event.source, action_label=label, action_route=route, event_id=event.id,
+                severity=severity,
+                category=category,
+                title=title,
+                message=message,
+                source=event.source,
+                action_label=label,
+                action_route=route,
+                event_id=event.id,
             )
 
         return raise_
@@ -144,7 +162,9 @@ class Subscriber:
         raise_ = self._raise(event)
         if target == "CLOSED" and payload.get("reason") == "Timeout":
             await raise_(
-                "warning", "workflow", "Session closed after a timeout",
+                "warning",
+                "workflow",
+                "Session closed after a timeout",
                 str(payload.get("instance_id")),
             )
         elif (
@@ -153,7 +173,9 @@ class Subscriber:
             and payload.get("from_state") != target
         ):
             await raise_(
-                "warning", "workflow", "Workflow entered its error state",
+                "warning",
+                "workflow",
+                "Workflow entered its error state",
                 f"{name} {payload.get('instance_id')}",
             )
 
@@ -162,9 +184,12 @@ class Subscriber:
         counted into the next."""
         reason = str(payload.get("reason") or "")
         parts = reason.split(": ", 2)
-        subscriber = parts[1] if len(parts) >= 2 and parts[0] in (
-            "DeliveryFailed", "RetryQueueFull", "InterruptedDelivery"
-        ) else (parts[0] or "unknown")
+        subscriber = (
+            parts[1]
+            if len(parts) >= 2
+            and parts[0] in ("DeliveryFailed", "RetryQueueFull", "InterruptedDelivery")
+            else (parts[0] or "unknown")
+        )
         self._dlq_pending[subscriber] = self._dlq_pending.get(subscriber, 0) + 1
         now = self.clock()
         last = self._dlq_last.get(subscriber)
@@ -173,7 +198,9 @@ class Subscriber:
         count = self._dlq_pending.pop(subscriber)
         self._dlq_last[subscriber] = now
         await self._raise(event)(
-            "warning", "dlq", "Events dead-lettered",
+            "warning",
+            "dlq",
+            "Events dead-lettered",
             f"{count} events failed for {subscriber}",
         )
 
@@ -184,19 +211,27 @@ class Subscriber:
                 self._l4b = True
                 overflow = self._ctx.bus.stats().get("overflow_depth", "?")
                 await self.notifications.create(
-                    severity="critical", category="backpressure",
+                    severity="critical",
+                    category="backpressure",
                     title="Event overflow store nearly full",
-                    message=f"overflow events: {overflow}", source="event_bus",
+                    message=f"overflow events: {overflow}",
+                    source="event_bus",
                 )
         else:
             self._l4b = False
         if level in _HIGH_LEVELS:
             now = self.clock()
-            if self._last_backpressure is None or now - self._last_backpressure >= BACKPRESSURE_EVERY_MS:
+            if (
+                self._last_backpressure is None
+                or now - self._last_backpressure >= BACKPRESSURE_EVERY_MS
+            ):
                 self._last_backpressure = now
                 await self.notifications.create(
-                    severity="warning", category="backpressure", title="Event bus under pressure",
-                    message=f"level {level}", source="event_bus",
+                    severity="warning",
+                    category="backpressure",
+                    title="Event bus under pressure",
+                    message=f"level {level}",
+                    source="event_bus",
                 )
 
     async def watch(self) -> None:

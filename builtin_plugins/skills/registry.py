@@ -18,13 +18,12 @@ import os
 import re
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attrs import define, field, frozen
 
-from sdk import Failure, Migration, NotFound, Unrecoverable
+from sdk import Failure, Migration, NotFound, Unrecoverable, now_ms
 
 from .loader import LoadError, Skill, discover, matches, parse
 from .search import SearchIndex
@@ -115,10 +114,6 @@ class HistoryRecord:
     created_at_ms: int
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Registry:
     """The loaded skills of one skills directory."""
 
@@ -184,7 +179,7 @@ class Registry:
             "INSERT INTO skill_state (name, enabled, updated_at_ms) VALUES (?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled,"
             " updated_at_ms = excluded.updated_at_ms",
-            (name, int(enabled), _now_ms()),
+            (name, int(enabled), now_ms()),
         )
         self.enabled[name] = enabled
 
@@ -284,7 +279,7 @@ class Registry:
             for n in (*result.inserted, *result.updated_same_version, *result.updated_new_version)
         ]
         self.index.update(changed, result.removed)
-        now = _now_ms()
+        now = now_ms()
         loaded_at = {n: t for n, t in self.loaded_at.items() if n in after}
         loaded_at.update((s.name, now) for s in changed)
         self.skills, self.loaded_at = after, loaded_at
@@ -294,7 +289,7 @@ class Registry:
 
     async def _record(self, after: dict[str, Skill], result: ReloadResult) -> None:
         """History records for new content, enabled rows for skills new to the registry."""
-        now = _now_ms()
+        now = now_ms()
         history = [
             (s.name, s.version, s.format, s.path, s.content, s.content_hash, now)
             for s in after.values()

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Literal
 
-from sdk import TrustLevel, Unavailable, cancel
+from sdk import TrustLevel, Unavailable, cancel, now_ms
 
 from .base import ConfiguredSource
 
@@ -40,7 +39,7 @@ class TimerSource(ConfiguredSource):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self._settings["interval_ms"] / 1000
-        start, start_ms = loop.time(), time.time_ns() // 1_000_000
+        start, start_ms = loop.time(), now_ms()
         n = 0
         while True:
             n += 1

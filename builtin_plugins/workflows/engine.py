@@ -20,7 +20,6 @@ import inspect
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from sdk import (
     PluginContext,
     SdkError,
     cancel,
+    now_ms,
 )
 
 from .definition import (
@@ -113,10 +113,6 @@ _COLUMNS = (
 _JSON = ("remaining_ms", "data", "retry_event")
 _BOOL = ("partial_rollback", "has_pending_retry")
 CONTROL_SOURCE = "workflow:control"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # --- models ------------------------------------------------------------------------------------
