@@ -49,7 +49,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from http_overhead import ForeignCpu, busy_fraction, loadavg, machine
+from http_overhead import ForeignCpu, busy_fraction, loadavg, machine, report_foreign, table
 
 from sdk import EventHandler, hookimpl
 
@@ -287,13 +287,7 @@ def report(rates: dict[str, list[float]]) -> list[str]:
         ),
         ("us per event", f"{1e6 / bare:.1f}", f"{1e6 / aman:.1f}", "", "-", "-"),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for k, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
+    return table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,12 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rates = asyncio.run(run(args, Path(tmp)))
     wall = time.perf_counter() - began
     other = foreign.seconds()
-    print(
-        f"load average after: {loadavg()}; other processes used {other:.1f} CPU-s in"
-        f" {wall:.0f} s ({other / wall:.0%} of one core)"
-    )
-    if other / wall > 0.1:
-        print("warning: other processes competed for the CPU; figures are noisy", file=sys.stderr)
+    report_foreign(other, wall)
     print()
     for line in report(rates):
         print(line)

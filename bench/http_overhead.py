@@ -376,6 +376,30 @@ class ForeignCpu:
         return max(0.0, (self._busy() - self._busy0) - (self._own() - self._own0))
 
 
+def table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as aligned lines, with a rule under the first (header) row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def report_foreign(other_sec: float, wall_sec: float, loadavg_after: str | None = None) -> float:
+    """Print the load average and the CPU other processes used during the run (a warning when
+    it was more than a tenth of a core); return that share of one core."""
+    share = other_sec / wall_sec
+    print(
+        f"load average after: {loadavg_after or loadavg()}; other processes used"
+        f" {other_sec:.1f} CPU-s in {wall_sec:.0f} s ({share:.0%} of one core)"
+    )
+    if share > 0.1:
+        print("warning: other processes competed for the CPU; figures are noisy", file=sys.stderr)
+    return share
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -522,13 +546,7 @@ def report(results: Results, aman: str, bare: str) -> list[str]:
             "-",
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
+    return table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -619,13 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.loadavg_after = loadavg()
     results.wall_sec = round(time.perf_counter() - began, 1)
     results.foreign_cpu_sec = round(foreign.seconds(), 1)
-    share = results.foreign_cpu_sec / results.wall_sec
-    print(
-        f"load average after: {results.loadavg_after}; other processes used"
-        f" {results.foreign_cpu_sec:.1f} CPU-s in {results.wall_sec:.0f} s ({share:.0%} of one core)"
-    )
-    if share > 0.1:
-        print("warning: other processes competed for the CPU; figures are noisy", file=sys.stderr)
+    report_foreign(results.foreign_cpu_sec, results.wall_sec, results.loadavg_after)
     print()
     for line in report(results, aman.name, bare.name):
         print(line)

@@ -59,6 +59,7 @@ from http_overhead import (
     busy_fraction,
     loadavg,
     machine,
+    report_foreign,
 )
 
 TOKEN = "bench-0f3c9a7e5d1b4c2a"
@@ -291,13 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     wall = time.perf_counter() - began
     other = foreign.seconds()
-    share = other / wall
-    print(
-        f"load average after: {loadavg()}; other processes used {other:.1f} CPU-s in"
-        f" {wall:.0f} s ({share:.0%} of one core)"
-    )
-    if share > 0.1:
-        print("warning: other processes competed for the CPU; figures are noisy", file=sys.stderr)
+    report_foreign(other, wall)
 
     a_ms = [t * 1000 for t in times["aman"]]
     b_ms = [t * 1000 for t in times["bare"]]

@@ -66,6 +66,8 @@ from http_overhead import (
     busy_fraction,
     loadavg,
     machine,
+    report_foreign,
+    table,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -571,13 +573,7 @@ def report(results: dict[str, list[dict[str, Any]]]) -> list[str]:
             "-",
         ),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for k, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
+    return table(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -631,12 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 server.stop()
     wall = time.perf_counter() - began
     other = foreign.seconds()
-    print(
-        f"load average after: {loadavg()}; other processes used {other:.1f} CPU-s in"
-        f" {wall:.0f} s ({other / wall:.0%} of one core)"
-    )
-    if other / wall > 0.1:
-        print("warning: other processes competed for the CPU; figures are noisy", file=sys.stderr)
+    report_foreign(other, wall)
     client_cpu = max(r["client_cpu"] for rs in results.values() for r in rs)
     if client_cpu > 0.85:
         print(
