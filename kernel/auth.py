@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping
+
+from sdk.auth import presented_token, token_matches
 
 __all__ = ["confirmed", "operator_from", "token_ok"]
 
@@ -11,20 +12,12 @@ __all__ = ["confirmed", "operator_from", "token_ok"]
 def token_ok(headers: Mapping[str, str], configured: str, query_token: str | None = None) -> bool:
     """Whether the request presents the configured token; always true when none is configured.
 
-    The ``Authorization`` value is trimmed; only the case-sensitive ``Bearer `` scheme counts.
-    ``x-aman-token`` is consulted only when no Bearer value was found, so a wrong Bearer value
-    fails even beside a right ``x-aman-token``.
+    The rules of which header counts are :func:`sdk.auth.presented_token`'s.
     """
     if not configured:
         return True
-    authorization = (headers.get("authorization") or "").strip()
-    if authorization.startswith("Bearer "):
-        presented: str | None = authorization[len("Bearer ") :]
-    else:
-        presented = headers.get("x-aman-token", query_token)
-    if presented is None:
-        return False
-    return hmac.compare_digest(presented.encode(), configured.encode())
+    presented = presented_token(headers, query_token)
+    return presented is not None and token_matches(presented, configured)
 
 
 def operator_from(headers: Mapping[str, str]) -> str:

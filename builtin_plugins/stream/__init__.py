@@ -8,7 +8,6 @@ lose their oldest frames (``lagged``), and a shutdown ends every stream with ``s
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 
 from prometheus_client.core import GaugeMetricFamily
@@ -26,6 +25,7 @@ from sdk import (
     Unavailable,
     hookimpl,
 )
+from sdk.auth import presented_token, token_matches
 
 from .hub import EventStream, Hub, frame
 
@@ -135,15 +135,10 @@ def _access(ctx: PluginContext, request: Request) -> bool:
     configured = ctx.settings.get("http.token")
     if not configured:
         return True
-    headers = request.headers
-    authorization = (headers.get("authorization") or "").strip()
-    if authorization.startswith("Bearer "):
-        presented: str | None = authorization[len("Bearer ") :]
-    else:
-        presented = headers.get("x-aman-token", request.query.get("token"))
+    presented = presented_token(request.headers, request.query.get("token"))
     if presented is None:
         return False
-    if hmac.compare_digest(presented.encode(), configured.encode()):
+    if token_matches(presented, configured):
         return True
     raise Unauthorized("missing or invalid API token")
 
