@@ -148,7 +148,9 @@ class Kernel:
         self.bus.start()
 
     async def _system_audit(self, action: str, target: str, detail: str) -> None:
-        await self.audit.record(operator="system", action=action, target=target, outcome="ok", detail=detail)
+        await self.audit.record(
+            operator="system", action=action, target=target, outcome="ok", detail=detail
+        )
 
     async def close_storage(self) -> None:
         await self.bus.stop()

@@ -112,7 +112,12 @@ def pack(directory: Path, output: Path | None = None) -> tuple[Path, str]:
                     tar.addfile(_info(f"{name}/{parent.as_posix()}", tarfile.DIRTYPE, 0o755, 0))
             data = (root / rel).read_bytes()
             executable = os.stat(root / rel).st_mode & 0o111
-            info = _info(f"{name}/{rel.as_posix()}", tarfile.REGTYPE, 0o755 if executable else 0o644, len(data))
+            info = _info(
+                f"{name}/{rel.as_posix()}",
+                tarfile.REGTYPE,
+                0o755 if executable else 0o644,
+                len(data),
+            )
             tar.addfile(info, io.BytesIO(data))
     blob = buffer.getvalue()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +179,7 @@ async def test_hello(client):
     assert await resp.get_json() == {{"message": "hello, aman", "plugin": "{name}", "version": "0.1.0"}}
 '''
 
-_MANIFEST = '''name = "{name}"
+_MANIFEST = """name = "{name}"
 version = "0.1.0"
 description = "{name}: an aman plugin"
 module = "{module}"
@@ -184,7 +189,7 @@ public_routes = []
 
 [metadata]
 author = ""
-'''
+"""
 
 
 def scaffold(name: str, parent: Path, *, reserved: frozenset[str] = frozenset()) -> Path:

@@ -527,7 +527,11 @@ class EventBus:
         # A default key is the event's own, freshly minted id: it can never be seen again, so
         # only explicit keys are remembered (and the window stays as small as its traffic).
         key = event.dedup_key
-        remember = key is not None and key != event.id and bool(self._config.get("event_bus.dedup_window_ms"))
+        remember = (
+            key is not None
+            and key != event.id
+            and bool(self._config.get("event_bus.dedup_window_ms"))
+        )
         if remember and key is not None:
             self._forget_old_keys()
             self._dedup[key] = (event.id, event.metadata.created_at)
@@ -550,7 +554,9 @@ class EventBus:
 
             await self._commit_durable(ops)
         elif self._store.is_open:
-            self._behind.record((event.id, event.metadata.trace_id, event.event_type, event.source, body))
+            self._behind.record(
+                (event.id, event.metadata.trace_id, event.event_type, event.source, body)
+            )
             for op in ops[1:]:
                 self._behind.add(op)
         flight = _Flight(event=event, body=body, persist=durable)
@@ -667,7 +673,12 @@ class EventBus:
             now = loop.time()
             for subs in list(self._subs.values()):
                 for sub in subs:
-                    if sub.busy and not sub.timed_out and now - sub.since > limit and sub.task is not None:
+                    if (
+                        sub.busy
+                        and not sub.timed_out
+                        and now - sub.since > limit
+                        and sub.task is not None
+                    ):
                         sub.timed_out = True
                         sub.task.cancel()
 

@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     actions = plugin.add_subparsers(dest="action", required=True)
     new = actions.add_parser("new", help="scaffold a plugin: manifest, module and a passing test")
     new.add_argument("name", help="the plugin's name (lowercase letters, digits and '-')")
-    new.add_argument("--dir", type=Path, default=Path("."), help="where to create NAME/ (default .)")
+    new.add_argument(
+        "--dir", type=Path, default=Path("."), help="where to create NAME/ (default .)"
+    )
     pack = actions.add_parser("pack", help="build <name>-<version>.tar.gz from a plugin folder")
     pack.add_argument("dir", type=Path, help="the folder holding plugin.toml")
     pack.add_argument("-o", "--output", type=Path, help="the archive to write")

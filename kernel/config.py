@@ -124,7 +124,14 @@ KERNEL_KEYS: list[ConfigKey] = [
     _K(name="plugins.quarantine_after_failures", type=int, default=3, minimum=1, maximum=100),
     _K(name="dlq.ttl_days", type=int, default=30, minimum=1, maximum=3650),
     _K(name="dlq.max_manual_retries", type=int, default=5, minimum=0, maximum=100),
-    _K(name="dlq.expiry_alert_days", type=list[int], default=[7, 3, 1], minimum=1, maximum=3650, length=(0, 10)),
+    _K(
+        name="dlq.expiry_alert_days",
+        type=list[int],
+        default=[7, 3, 1],
+        minimum=1,
+        maximum=3650,
+        length=(0, 10),
+    ),
     _K(name="audit.max_records", type=int, default=100_000, minimum=1000, maximum=100_000_000),
     _K(name="plugin.*", type=dict, default={}, doc="Free-form table of plugin <name>."),
 ]
@@ -526,7 +533,9 @@ class Config:
                 _put(candidate, name, value)
             except ValueError as exc:
                 raise Invalid(f"invalid value for {name}: {exc}") from None
-        broken = self._broken_rules(_View(lambda n: self._value(n, candidate, boot=False), candidate))
+        broken = self._broken_rules(
+            _View(lambda n: self._value(n, candidate, boot=False), candidate)
+        )
         if broken:
             raise Invalid(f"invalid configuration: {broken[0]}")
         path = self._path or self._cwd / "aman.toml"

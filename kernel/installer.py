@@ -67,7 +67,17 @@ SEMVER_RE = re.compile(
 _ROUTE_ENTRY = re.compile(r"^(?:(GET|POST|PUT|PATCH|DELETE|HEAD) )?(/\S*)$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _KEYS = frozenset(
-    {"name", "version", "description", "module", "api", "requires", "public_routes", "ui", "metadata"}
+    {
+        "name",
+        "version",
+        "description",
+        "module",
+        "api",
+        "requires",
+        "public_routes",
+        "ui",
+        "metadata",
+    }
 )
 _KINDS = {
     tarfile.SYMTYPE: "symbolic link",
@@ -187,7 +197,9 @@ def _clean(ti: tarfile.TarInfo, kind: str) -> str:
     return clean
 
 
-def _members(data: bytes, limits: Limits) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, Member | None]]:
+def _members(
+    data: bytes, limits: Limits
+) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, Member | None]]:
     """Every member, checked by the rules of formats §5.3 that need only its header; ``None`` for
     the archive root itself (``./``). Errors are :class:`sdk.Invalid`."""
     if data[:2] != b"\x1f\x8b":
@@ -223,7 +235,9 @@ def _reading(limits: Limits) -> Iterator[None]:
     try:
         yield
     except _Overflow:
-        raise bad_archive(f"archive unpacks to more than {limits.max_unpacked_bytes} bytes") from None
+        raise bad_archive(
+            f"archive unpacks to more than {limits.max_unpacked_bytes} bytes"
+        ) from None
     except tarfile.TarError as exc:
         raise bad_archive(f"corrupt archive: {exc}") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -381,7 +395,9 @@ def _ui_pages(data: Mapping[str, Any]) -> tuple[Mapping[str, str], ...]:
         if label is None or label == "":
             label = page_id[0].upper() + page_id[1:]
         if not isinstance(label, str) or len(label) > 64:
-            raise bad_manifest(f"ui page label of '{page_id}' must be a string of at most 64 characters")
+            raise bad_manifest(
+                f"ui page label of '{page_id}' must be a string of at most 64 characters"
+            )
         if not isinstance(path, str) or not _safe_relative(path):
             raise bad_manifest(f"invalid ui page path '{path}'")
         out.append({"id": page_id, "label": label, "path": f"ui/{path}"})
@@ -421,7 +437,9 @@ def parse_manifest(raw: bytes, files: frozenset[str] | None = None) -> Manifest:
         raise bad_manifest(f"invalid module name '{module}'")
     base = "/".join(parts)
     if files is not None and f"{base}.py" not in files and f"{base}/__init__.py" not in files:
-        raise bad_manifest(f"module '{module}' not found in the archive ({base}.py or {base}/__init__.py)")
+        raise bad_manifest(
+            f"module '{module}' not found in the archive ({base}.py or {base}/__init__.py)"
+        )
     public_routes = _strings(data, "public_routes")
     for entry in public_routes:
         if not _ROUTE_ENTRY.match(entry):

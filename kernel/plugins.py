@@ -74,6 +74,7 @@ BUILTINS: tuple[tuple[str, str, bool], ...] = (
     ("dlq", "builtin_plugins.dlq", True),
     ("stream", "builtin_plugins.stream", True),
     ("llm-echo", "builtin_plugins.llm_echo", False),
+    ("llm-openai", "builtin_plugins.llm_openai", False),
     ("llm", "builtin_plugins.llm", True),
     ("cron", "builtin_plugins.cron", False),
     ("timers", "builtin_plugins.timers", False),
@@ -82,6 +83,13 @@ BUILTINS: tuple[tuple[str, str, bool], ...] = (
     ("workflows", "builtin_plugins.workflows", True),
     ("skills", "builtin_plugins.skills", True),
     ("notifications", "builtin_plugins.notifications", False),
+    ("security", "builtin_plugins.security", True),
+    ("tools", "builtin_plugins.tools", True),
+    ("builtin-tools", "builtin_plugins.builtin_tools", False),
+    ("soul", "builtin_plugins.soul", True),
+    ("chat", "builtin_plugins.chat", True),
+    ("idle-run", "builtin_plugins.idle_run", True),
+    ("explore", "builtin_plugins.explore", True),
     ("sources", "builtin_plugins.sources", True),
     ("ui", "builtin_plugins.ui", True),
 )
@@ -113,6 +121,12 @@ MIGRATIONS = [
         """,
     ),
 ]
+#: Names a plugin contributes that must be unique among running plugins (formats §5.4):
+#: (hook, attribute, what the error calls it).
+UNIQUE_NAMES = (
+    ("register_tools", "name", "tool"),
+    ("register_llm_providers", "type", "LLM provider type"),
+)
 Source = Literal["builtin", "entry_point", "installed"]
 HEALTH_TIMEOUT_SEC = 10.0
 
@@ -423,6 +437,8 @@ class PluginManager:
                     await kernel.sources.add(rec.name, source)
                 except Exception as exc:  # a collision or a bad source fails the start
                     raise self.hooks.failed(rec.name, "register_sources", str(exc), exc) from exc
+            for hook, key, what in UNIQUE_NAMES:
+                self._claim(rec, hook, key, what)
         except HookFailed as exc:
             await kernel.sources.remove_plugin(rec.name)
             with contextlib.suppress(HookFailed):
@@ -430,6 +446,22 @@ class PluginManager:
             raise self._fail(rec, exc) from None
         kernel.bus.subscribe(rec.name, rec.handlers, builtin=rec.builtin)
         rec.state, rec.error, rec.failures = "running", None, 0
+
+    def _claim(self, rec: Plugin, hook: str, key: str, what: str) -> None:
+        """Collect ``hook`` for a starting plugin; a name a running plugin has fails the start."""
+        try:
+            mine = self.hooks.collect(hook, rec.name, ctx=rec.ctx)
+        except Exception as exc:
+            raise self.hooks.failed(rec.name, hook, f"{type(exc).__name__}: {exc}", exc) from exc
+        taken = {getattr(c.item, key, None): c.plugin for c in self.contributions(hook)}
+        for item in mine:
+            owner = taken.get(getattr(item, key, None))
+            if owner is not None and owner != rec.name:
+                name = getattr(item, key)
+                raise self.hooks.failed(
+                    rec.name, hook, f"{what} {name} is already provided by {owner}"
+                )
+        rec.contributed[hook] = mine
 
     def _fail(self, rec: Plugin, exc: HookFailed) -> HookFailed:
         rec.state, rec.error = "failed", exc.reason
@@ -709,7 +741,9 @@ class PluginManager:
         # 1. the upload
         digest = hashlib.sha256(archive).hexdigest()
         if expected is not None and expected.strip().lower() != digest:
-            raise Invalid(f"archive sha256 mismatch: expected {expected.strip().lower()}, got {digest}")
+            raise Invalid(
+                f"archive sha256 mismatch: expected {expected.strip().lower()}, got {digest}"
+            )
         # 2.-3. the headers, then the manifest (nothing is written yet)
         limits = self._limits()
         found = await asyncio.to_thread(installer.scan, archive, limits)
@@ -839,7 +873,9 @@ class PluginManager:
             try:
                 await self._start(old)
             except HookFailed as exc:
-                log.error("plugin %s could not be restarted after a failed upgrade: %s", old.name, exc)
+                log.error(
+                    "plugin %s could not be restarted after a failed upgrade: %s", old.name, exc
+                )
         elif not isinstance(old.obj, _Broken):
             with contextlib.suppress(Exception):  # keys of a stopped plugin stay declared
                 keys = self.hooks.collect("register_config", old.name, obj=old.obj, ctx=old.ctx)

@@ -99,7 +99,9 @@ def _wants(handler: Callable[..., object]) -> frozenset[str]:
 def _endpoint(plugin: Plugin, route: Route, public_routes: Iterable[str]) -> Endpoint:
     full = route.path if plugin.builtin else f"/api/v1/{plugin.name}{route.path}"
     public = route.public if plugin.builtin else _listed(route, public_routes)
-    return Endpoint(route=route, plugin=plugin, path=full, public=public, wants=_wants(route.handler))
+    return Endpoint(
+        route=route, plugin=plugin, path=full, public=public, wants=_wants(route.handler)
+    )
 
 
 def _endpoints(plugin: Plugin, public_routes: Iterable[str]) -> list[tuple[Route, Endpoint]]:
@@ -115,7 +117,10 @@ def _endpoints(plugin: Plugin, public_routes: Iterable[str]) -> list[tuple[Route
         wants = frozenset(inspect.signature(page_files.handler).parameters)
         full = f"/api/v1/{plugin.name}{page_files.path}"
         out.append(
-            (page_files, Endpoint(route=page_files, plugin=plugin, path=full, public=True, wants=wants))
+            (
+                page_files,
+                Endpoint(route=page_files, plugin=plugin, path=full, public=True, wants=wants),
+            )
         )
     return out
 
@@ -226,7 +231,9 @@ class Router:
         if "query" in ep.wants and route.query is not None:
             args["query"] = structure_query(req.args, route.query)
         if route.body is not None or "request" in ep.wants:
-            limit = route.max_body_bytes() if callable(route.max_body_bytes) else route.max_body_bytes
+            limit = (
+                route.max_body_bytes() if callable(route.max_body_bytes) else route.max_body_bytes
+            )
             limit = limit or kernel.config.get("http.max_body_bytes")
             raw = await _read_body(req, limit)
             parsed = _parse_json(

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
         Route,
         UiPage,
     )
+    from .policies import InputPolicy, OutputPolicy, ToolGuard
     from .sources import EventSource, ImChannel
+    from .tools import Tool
 
 __all__ = ["API_VERSION", "hookspec"]
 
@@ -178,6 +180,41 @@ def register_llm_providers(ctx: PluginContext) -> list[ProviderType]:
 
     Read by the ``llm`` plugin while the contributing plugin runs; disabling the plugin makes its
     types unavailable (providers of that type report ``enabled: false``). Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_tools(ctx: PluginContext) -> list[Tool]:
+    """Contribute tools that agents can call and operators can run (http-api §18).
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.Tool`: name, description, JSON Schema of the arguments,
+        sensitivity (``low``/``medium``/``high``, default ``medium``) and handler
+        ``handler(args, tc)`` (sync handlers run in a worker thread).
+
+    Collected when the plugin starts; a tool name another running plugin already provides fails
+    the start. The ``tools`` plugin runs every call through the schema, the tool guards of
+    ``register_policies``, approval (agent calls) and ``runtime.tool_timeout_sec``. The tools
+    disappear when the plugin stops. Sync only.
+
+    .. versionadded:: 1
+    """
+
+
+@hookspec
+def register_policies(ctx: PluginContext) -> list[InputPolicy | OutputPolicy | ToolGuard]:
+    """Contribute safety policies: input checks, output checks and tool guards.
+
+    :param ctx: The plugin's context.
+    :returns: A list of :class:`~sdk.InputPolicy` (chat texts before they are stored),
+        :class:`~sdk.OutputPolicy` (final replies before they are stored) and
+        :class:`~sdk.ToolGuard` (tool calls before they run), each with a ``name`` and an
+        ``order``; each kind runs in ascending order across all plugins.
+
+    Read on every check while the plugin runs, so a disabled plugin's policies stop applying at
+    once. A check that raises fails closed (the text or call is refused). Sync only.
 
     .. versionadded:: 1
     """

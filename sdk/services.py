@@ -25,8 +25,12 @@ from .models import (
 )
 
 __all__ = [
+    "AGENTS",
     "NOTIFIER",
+    "SKILL_CATALOG",
     "SKILL_RUNNER",
+    "SOULS",
+    "Agents",
     "AuditLog",
     "AuditPage",
     "AuditRecord",
@@ -41,7 +45,11 @@ __all__ = [
     "PluginUninstalled",
     "Plugins",
     "Settings",
+    "SkillCatalog",
+    "SkillInfo",
     "SkillRunner",
+    "SoulView",
+    "Souls",
     "Store",
 ]
 
@@ -360,3 +368,64 @@ class Notifier(Protocol):
 #: The notifications plugin puts its :class:`Notifier` here while it runs (absent while it is
 #: disabled: ``ctx.stash.get(NOTIFIER)`` is then None).
 NOTIFIER: StashKey[Notifier] = StashKey()
+
+
+@frozen(kw_only=True)
+class SkillInfo:
+    """An enabled skill as other plugins see it (formats §2.2). ``llm_visible`` is true when it
+    has instructions, is LLM-visible and fits this host (``/llm-skills``)."""
+
+    name: str
+    description: str = ""
+    instructions: str = ""
+    tags: tuple[str, ...] = ()
+    idle_prompts: tuple[str, ...] = ()
+    llm_visible: bool = False
+
+
+class SkillCatalog(Protocol):
+    """What the ``skills`` plugin offers under :data:`SKILL_CATALOG`."""
+
+    def enabled(self) -> list[SkillInfo]:
+        """The enabled skills, sorted by name."""
+        ...
+
+
+#: The skills plugin puts its :class:`SkillCatalog` here while it runs.
+SKILL_CATALOG: StashKey[SkillCatalog] = StashKey()
+
+
+@frozen(kw_only=True)
+class SoulView:
+    """A loaded soul (formats §4): its name, compiled prompt (§4.2) and boundaries; ``source``
+    says whether it is the agent's own soul or the global one."""
+
+    name: str
+    prompt: str
+    boundaries: tuple[str, ...] = ()
+    source: Literal["agent", "global"] = "global"
+    path: str = ""
+
+
+class Souls(Protocol):
+    """What the ``soul`` plugin offers under :data:`SOULS`."""
+
+    def for_agent(self, agent_id: str) -> SoulView | None:
+        """The agent's own soul, else the global one, else ``None``."""
+        ...
+
+
+#: The soul plugin puts its :class:`Souls` here while it runs.
+SOULS: StashKey[Souls] = StashKey()
+
+
+class Agents(Protocol):
+    """What the ``chat`` plugin offers under :data:`AGENTS`: which agents exist."""
+
+    def ids(self) -> list[str]:
+        """The configured agent ids, sorted (``aman`` when the config defines none)."""
+        ...
+
+
+#: The chat plugin puts its :class:`Agents` here while it runs.
+AGENTS: StashKey[Agents] = StashKey()

@@ -21,6 +21,7 @@ from typing import Any
 from attrs import field, frozen
 
 from sdk import (
+    SKILL_CATALOG,
     SKILL_RUNNER,
     AuditNote,
     ConfigKey,
@@ -30,6 +31,7 @@ from sdk import (
     NotFound,
     PluginContext,
     Route,
+    SkillInfo,
     StashKey,
     Unavailable,
     hookimpl,
@@ -115,6 +117,22 @@ class Skills:
         await self.announce(result, audit=True)
         self.sync_watcher()
 
+    def enabled(self) -> list[SkillInfo]:
+        """The :data:`sdk.SKILL_CATALOG` view: enabled skills, sorted by name."""
+        host = _host()
+        return [
+            SkillInfo(
+                name=s.name,
+                description=s.description,
+                instructions=s.instructions,
+                tags=s.tags,
+                idle_prompts=s.idle_prompts,
+                llm_visible=_visible(s, host),
+            )
+            for name, s in sorted(self.registry.skills.items())
+            if self.registry.is_enabled(name)
+        ]
+
     def snapshot(self, skill: Skill) -> dict[str, Any]:
         c = skill.concurrency
         return {
@@ -189,6 +207,7 @@ async def on_startup(ctx: PluginContext) -> None:
         raise
     ctx.stash[SKILLS] = skills
     ctx.stash[SKILL_RUNNER] = skills.dispatcher
+    ctx.stash[SKILL_CATALOG] = skills
 
 
 @hookimpl
@@ -196,6 +215,7 @@ async def on_shutdown(ctx: PluginContext) -> None:
     skills = ctx.stash.get(SKILLS)
     with contextlib.suppress(KeyError):
         del ctx.stash[SKILL_RUNNER]
+        del ctx.stash[SKILL_CATALOG]
     if skills is not None:
         del ctx.stash[SKILLS]
         await skills.stop()
@@ -310,13 +330,19 @@ async def llm_skills(ctx: PluginContext) -> dict[str, Any]:
             "triggers": list(s.keywords),
         }
         for name, s in sorted(skills.registry.skills.items())
-        if skills.registry.is_enabled(name)
-        and s.has_instructions
-        and s.llm_visible
-        and (not s.platforms or host[0] in s.platforms)
-        and (not s.environments or any(e in host[1] for e in s.environments))
+        if skills.registry.is_enabled(name) and _visible(s, host)
     ]
     return {"items": items}
+
+
+def _visible(skill: Skill, host: tuple[str, set[str]]) -> bool:
+    """Listed in ``/llm-skills`` and system prompts (formats §2.2)."""
+    return (
+        skill.has_instructions
+        and skill.llm_visible
+        and (not skill.platforms or host[0] in skill.platforms)
+        and (not skill.environments or any(e in host[1] for e in skill.environments))
+    )
 
 
 def _host() -> tuple[str, set[str]]:

@@ -1,0 +1,1 @@
+"""explore: work in progress (issue 6)."""

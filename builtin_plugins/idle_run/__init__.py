@@ -1,0 +1,1 @@
+"""idle_run: work in progress (issue 6)."""

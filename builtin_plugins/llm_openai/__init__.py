@@ -1,0 +1,1 @@
+"""llm_openai: work in progress (issue 6)."""

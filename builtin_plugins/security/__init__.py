@@ -1,0 +1,1 @@
+"""security: work in progress (issue 6)."""

@@ -1,0 +1,1 @@
+"""soul: work in progress (issue 6)."""
