@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pluggy
 
+from .chat import CHAT, Chat, Submitted
 from .context import PluginContext
 from .errors import (
     ConfigError,
@@ -32,7 +33,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .hookspecs import API_VERSION
-from .ids import now_ms, uuid7
+from .ids import now_ms, uuid7, xid
 from .llm import LLM, ChatMessage, Delta, Llm, LlmError, LlmRequest, Provider, ToolCall, ToolSpec
 from .models import (
     AuditNote,
@@ -103,6 +104,7 @@ from .tools import TOOLS, Origin, Sensitivity, Tool, Toolbox, ToolContext, ToolE
 __all__ = [
     "AGENTS",
     "API_VERSION",
+    "CHAT",
     "LLM",
     "NOTIFIER",
     "SKILL_CATALOG",
@@ -115,6 +117,7 @@ __all__ = [
     "AuditPage",
     "AuditRecord",
     "Bus",
+    "Chat",
     "ChatMessage",
     "ConfigChange",
     "ConfigError",
@@ -174,6 +177,7 @@ __all__ = [
     "Stash",
     "StashKey",
     "Store",
+    "Submitted",
     "TextInput",
     "TooLarge",
     "Tool",
@@ -197,6 +201,7 @@ __all__ = [
     "in_range",
     "now_ms",
     "uuid7",
+    "xid",
 ]
 
 #: The marker for hook implementations (pluggy project name ``aman``).

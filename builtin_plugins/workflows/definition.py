@@ -14,6 +14,8 @@ from typing import Any
 
 from attrs import frozen
 
+from sdk.chat import SESSION_STATES, SESSION_TIMEOUTS, SESSION_TRANSITIONS
+
 __all__ = [
     "ANY",
     "ARCHIVED",
@@ -205,14 +207,24 @@ def _parse(
             )
         transitions.append(
             Transition(
-                source=source, event=event, to=to, guard=guard, on_fail=on_fail,
-                action=action, on_action_failure=on_af,
+                source=source,
+                event=event,
+                to=to,
+                guard=guard,
+                on_fail=on_fail,
+                action=action,
+                on_action_failure=on_af,
             )
         )
         transitions_out.append(
             {
-                "from": source_decl, "event": t["event"], "to": to_decl, "guard": guard,
-                "on_fail": on_fail_decl, "action": action_decl, "on_action_failure": on_af_decl,
+                "from": source_decl,
+                "event": t["event"],
+                "to": to_decl,
+                "guard": guard,
+                "on_fail": on_fail_decl,
+                "action": action_decl,
+                "on_action_failure": on_af_decl,
             }
         )
 
@@ -240,8 +252,12 @@ def _parse(
             state=which, timeout_ms=ms, on_timeout=target, on_timeout_alert=alert
         )
         timeouts_out.append(
-            {"state": which_decl, "timeout_ms": ms, "on_timeout": target_decl,
-             "on_timeout_alert": alert}
+            {
+                "state": which_decl,
+                "timeout_ms": ms,
+                "on_timeout": target_decl,
+                "on_timeout_alert": alert,
+            }
         )
 
     recovery, recovery_out = _recovery(raw.get("error_recovery"))
@@ -374,12 +390,12 @@ def _recovery(raw: Any) -> tuple[ErrorRecovery, dict[str, Any]]:
                 " (expected one of: immediate, exponential, {fixed: ms}, {sequence: [ms, ...]})"
             )
     else:
-        kind = _enum(
-            value, where, {"immediate": "immediate", "exponential": "exponential"}
-        )
+        kind = _enum(value, where, {"immediate": "immediate", "exponential": "exponential"})
         backoff, out = (kind, None), kind
     recovery = ErrorRecovery(
-        auto_retry_count=auto, max_retry_count=most, retry_backoff=backoff,
+        auto_retry_count=auto,
+        max_retry_count=most,
+        retry_backoff=backoff,
         on_retry_failure=on_failure,
     )
     return recovery, {
@@ -392,55 +408,21 @@ def _recovery(raw: Any) -> tuple[ErrorRecovery, dict[str, Any]]:
 
 # --- the built-in message-session (http-api §11.2, formats §3.6) ------------------------------
 
-_SESSION_TRANSITIONS = (
-    ("ACTIVE", "MESSAGE_RECEIVED", "PROCESSING"),
-    ("ACTIVE", "SESSION_TIMEOUT", "TIMEOUT"),
-    ("ACTIVE", "SESSION_CLOSE_CMD", "CLOSED"),
-    ("PROCESSING", "LLM_REPLY_READY", "IDLE"),
-    ("PROCESSING", "LLM_STREAM_DONE", "IDLE"),
-    ("PROCESSING", "LLM_ERROR", "ERROR"),
-    ("PROCESSING", "STREAM_TIMEOUT", "TIMEOUT"),
-    ("PROCESSING", "SESSION_CLOSE_CMD", "CLOSED"),
-    ("IDLE", "MESSAGE_RECEIVED", "PROCESSING"),
-    ("IDLE", "SESSION_TIMEOUT", "TIMEOUT"),
-    ("IDLE", "SESSION_END", "CLOSED"),
-    ("IDLE", "SESSION_CLOSE_CMD", "CLOSED"),
-    ("ERROR", "MESSAGE_RECEIVED", "PROCESSING"),
-    ("ERROR", "RETRY_CMD", "RETRYING"),
-    ("ERROR", "SESSION_END", "IDLE"),
-    ("ERROR", "ABANDON_TIMEOUT", "CLOSED"),
-    ("ERROR", "SESSION_CLOSE_CMD", "CLOSED"),
-    ("RETRYING", "RETRY_STARTED", "PROCESSING"),
-    ("RETRYING", "RETRY_FAILED", "ERROR"),
-    ("RETRYING", "SESSION_CLOSE_CMD", "CLOSED"),
-    ("TIMEOUT", "MESSAGE_RECEIVED", "IDLE"),
-    ("TIMEOUT", "SESSION_RESET", "IDLE"),
-    ("TIMEOUT", "SESSION_END", "CLOSED"),
-    ("TIMEOUT", "SESSION_CLOSE_CMD", "CLOSED"),
-    ("CLOSED", "MESSAGE_RECEIVED", "IDLE"),
-)
-#: (state, ms, target): the timeouts of http-api §11.2 (the chat plugin may override the
-#: durations from ``[chat.timeouts]``; the PROCESSING one counts time without progress).
-_SESSION_TIMEOUTS = (
-    ("ACTIVE", 300_000, "TIMEOUT"),
-    ("PROCESSING", 120_000, "TIMEOUT"),
-    ("IDLE", 600_000, "TIMEOUT"),
-    ("ERROR", 120_000, "CLOSED"),
-    ("TIMEOUT", 120_000, "CLOSED"),
-)
+_TARGETS = {(f, e): t for f, e, t in SESSION_TRANSITIONS}
 
 
 def message_session() -> Definition:
     """The built-in ``message-session`` definition (no final states, no automatic retries)."""
     raw = {
         "name": MESSAGE_SESSION,
-        "states": ["ACTIVE", "PROCESSING", "IDLE", "ERROR", "RETRYING", "TIMEOUT", "CLOSED"],
+        "states": list(SESSION_STATES),
         "initial_state": "ACTIVE",
         "final_states": [],
         "error_state": "ERROR",
-        "transitions": [{"from": f, "event": e, "to": t} for f, e, t in _SESSION_TRANSITIONS],
-        "state_timeouts": [
-            {"state": s, "timeout_ms": ms, "on_timeout": t} for s, ms, t in _SESSION_TIMEOUTS
+        "transitions": [{"from": f, "event": e, "to": t} for f, e, t in SESSION_TRANSITIONS],
+        "state_timeouts": [  # the chat plugin runs them, with the durations of [chat.timeouts]
+            {"state": s, "timeout_ms": sec * 1000, "on_timeout": _TARGETS[s, event]}
+            for s, _, sec, event in SESSION_TIMEOUTS
         ],
         "error_recovery": {
             "auto_retry_count": 0,

@@ -38,6 +38,7 @@ from sdk import (
     SdkError,
     cancel,
     now_ms,
+    xid,
 )
 
 from .definition import (
@@ -49,7 +50,6 @@ from .definition import (
     message_session,
     parse,
 )
-from .xid import xid
 
 __all__ = ["MIGRATIONS", "Engine", "Instance", "TransitionResult", "WorkflowInstance"]
 

@@ -13,8 +13,7 @@ from builtin_plugins.workflows.definition import (
     message_session,
     parse,
 )
-from builtin_plugins.workflows.xid import xid
-from sdk import hookimpl
+from sdk import hookimpl, xid
 
 from .conftest import APPROVAL, write
 
