@@ -1,0 +1,400 @@
+"""Sessions, messages and raw session events in the runtime store (http-api §11.1, D9, D14)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from attrs import asdict, define
+
+from sdk import Migration, NotFound, Store, now_ms, uuid7, xid
+
+__all__ = ["MIGRATIONS", "Message", "Session", "Sessions"]
+
+MIGRATIONS = [
+    Migration(
+        version=1,
+        sql="""
+        CREATE TABLE chat_sessions (
+            id TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            session_type TEXT NOT NULL,
+            state TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            last_active_at INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            message_count INTEGER NOT NULL,
+            parent_session_id TEXT,
+            turns INTEGER NOT NULL DEFAULT 0,
+            due_at INTEGER
+        );
+        CREATE INDEX chat_sessions_due ON chat_sessions (due_at) WHERE due_at IS NOT NULL;
+        CREATE TABLE chat_messages (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            session_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            content TEXT NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            edited_at_ms INTEGER,
+            event_id TEXT,
+            tool_name TEXT,
+            tool_call_id TEXT,
+            tool_args TEXT,
+            interrupted INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX chat_messages_session ON chat_messages (session_id, seq);
+        CREATE TABLE chat_events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            timestamp_ms INTEGER NOT NULL,
+            payload TEXT NOT NULL
+        );
+        CREATE INDEX chat_events_session ON chat_events (session_id, timestamp_ms);
+        """,
+    )
+]
+
+_SESSION_COLUMNS = (
+    "id, agent_id, session_type, state, created_at, last_active_at, version, message_count,"
+    " parent_session_id, turns"
+)
+_MESSAGE_COLUMNS = (
+    "id, session_id, role, content, created_at_ms, edited_at_ms, event_id, tool_name,"
+    " tool_call_id, tool_args, interrupted"
+)
+
+
+@define(kw_only=True)
+class Session:
+    """A session row; ``pending_turns`` is filled in from the agent's queue."""
+
+    id: str
+    agent_id: str
+    session_type: str
+    state: str
+    created_at: int
+    last_active_at: int
+    version: int = 0
+    message_count: int = 0
+    parent_session_id: str | None = None
+    turns: int = 0
+
+    def public(self, pending_turns: int) -> dict[str, Any]:
+        out = asdict(self)
+        del out["turns"]
+        out["pending_turns"] = pending_turns
+        return out
+
+
+@define(kw_only=True)
+class Message:
+    id: str
+    session_id: str
+    role: str
+    content: str
+    created_at_ms: int
+    edited_at_ms: int | None = None
+    event_id: str | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    tool_args: str | None = None
+    interrupted: bool = False
+
+    def public(self) -> dict[str, Any]:
+        """The message model of D14 (``tool_name`` and ``interrupted`` only where they apply)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "role": self.role,
+            "content": self.content,
+            "created_at_ms": self.created_at_ms,
+            "edited_at_ms": self.edited_at_ms,
+            "event_id": self.event_id,
+        }
+        if self.role == "tool":
+            out["tool_name"] = self.tool_name
+        if self.interrupted:
+            out["interrupted"] = True
+        return out
+
+    @property
+    def counted(self) -> bool:
+        """``message_count`` counts user and assistant messages."""
+        return self.role in ("user", "assistant")
+
+
+def _session(row: sqlite3.Row) -> Session:
+    return Session(**dict(row))
+
+
+def _message(row: sqlite3.Row) -> Message:
+    data = dict(row)
+    data["interrupted"] = bool(data["interrupted"])
+    return Message(**data)
+
+
+def new_message(session_id: str, role: str, content: str, **fields: Any) -> Message:
+    return Message(
+        id=uuid7(),
+        session_id=session_id,
+        role=role,
+        content=content,
+        created_at_ms=now_ms(),
+        **fields,
+    )
+
+
+class Sessions:
+    """The chat tables. Every write is one store transaction."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    # --- sessions -----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        agent_id: str,
+        session_type: str,
+        *,
+        session_id: str | None = None,
+        parent: str | None = None,
+        copies: Sequence[Message] = (),
+    ) -> Session:
+        now = now_ms()
+        session = Session(
+            id=session_id or xid(),
+            agent_id=agent_id,
+            session_type=session_type,
+            state="ACTIVE",
+            created_at=now,
+            last_active_at=now,
+            parent_session_id=parent,
+            message_count=sum(1 for m in copies if m.counted),
+        )
+        clones = [
+            Message(**{**asdict(m), "id": uuid7(), "session_id": session.id, "event_id": None})
+            for m in copies
+        ]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO chat_sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    session.id,
+                    agent_id,
+                    session_type,
+                    "ACTIVE",
+                    now,
+                    now,
+                    0,
+                    session.message_count,
+                    parent,
+                    0,
+                ),
+            )
+            _insert(conn, clones)
+
+        await self._store.write(write)
+        return session
+
+    async def get(self, session_id: str) -> Session:
+        rows = await self._store.fetchall(
+            f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = ?", (session_id,)
+        )
+        if not rows:
+            raise NotFound(f"session not found: {session_id}")
+        return _session(rows[0])
+
+    async def list(self, *, agent_id: str | None, state: str | None, limit: int) -> list[Session]:
+        sql = f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE 1 = 1"
+        params: list[Any] = []
+        if agent_id is not None:
+            sql += " AND agent_id = ?"
+            params.append(agent_id)
+        if state is not None:
+            sql += " AND state = ?"
+            params.append(state.upper())
+        sql += " ORDER BY last_active_at DESC, id LIMIT ?"
+        params.append(limit)
+        return [_session(r) for r in await self._store.fetchall(sql, params)]
+
+    async def in_states(self, states: Sequence[str]) -> list[Session]:
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE state IN ({marks})"
+        return [_session(r) for r in await self._store.fetchall(sql, list(states))]
+
+    async def due(self, now: int) -> list[tuple[str, str]]:
+        rows = await self._store.fetchall(
+            "SELECT id, state FROM chat_sessions WHERE due_at IS NOT NULL AND due_at <= ?", (now,)
+        )
+        return [(r["id"], r["state"]) for r in rows]
+
+    async def update(
+        self,
+        session: Session,
+        *,
+        due_at: int | None = None,
+        add: Sequence[Message] = (),
+        remove_after: int | None = None,
+    ) -> None:
+        """Save ``session`` (state, counters, times) with messages added and, when
+        ``remove_after`` is a message ``seq``, every later message removed: one transaction."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            if remove_after is not None:
+                conn.execute(
+                    "DELETE FROM chat_messages WHERE session_id = ? AND seq > ?",
+                    (session.id, remove_after),
+                )
+            _insert(conn, add)
+            conn.execute(
+                "UPDATE chat_sessions SET state = ?, last_active_at = ?, version = ?,"
+                " message_count = ?, turns = ?, due_at = ? WHERE id = ?",
+                (
+                    session.state,
+                    session.last_active_at,
+                    session.version,
+                    session.message_count,
+                    session.turns,
+                    due_at,
+                    session.id,
+                ),
+            )
+
+        await self._store.write(write)
+
+    async def delete(self, session_id: str) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            for table, column in (
+                ("chat_events", "session_id"),
+                ("chat_messages", "session_id"),
+                ("chat_sessions", "id"),
+            ):
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))
+
+        await self._store.write(write)
+
+    # --- messages -----------------------------------------------------------------------------
+
+    async def messages(
+        self, session_id: str, *, limit: int | None = None, before_seq: int | None = None
+    ) -> list[Message]:
+        """The newest ``limit`` messages (older than ``before_seq``), oldest first."""
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?"
+        params: list[Any] = [session_id]
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            params.append(before_seq)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_message(r) for r in reversed(await self._store.fetchall(sql, params))]
+
+    async def find(
+        self, session_id: str, *, message_id: str | None = None, event_id: str | None = None
+    ) -> tuple[int, Message]:
+        """A message of this session by id or by creating event, with its ``seq``."""
+        column, value = ("id", message_id) if message_id is not None else ("event_id", event_id)
+        rows = await self._store.fetchall(
+            f"SELECT seq, {_MESSAGE_COLUMNS} FROM chat_messages"
+            f" WHERE session_id = ? AND {column} = ?",
+            (session_id, value),
+        )
+        if not rows:
+            raise NotFound(f"message not found: {value}")
+        data = dict(rows[0])
+        return data.pop("seq"), _message(data)  # type: ignore[arg-type]
+
+    async def last_user(self, session_id: str) -> tuple[int, Message] | None:
+        rows = await self._store.fetchall(
+            f"SELECT seq, {_MESSAGE_COLUMNS} FROM chat_messages"
+            " WHERE session_id = ? AND role = 'user' ORDER BY seq DESC LIMIT 1",
+            (session_id,),
+        )
+        if not rows:
+            return None
+        data = dict(rows[0])
+        return data.pop("seq"), _message(data)  # type: ignore[arg-type]
+
+    async def count_after(self, session_id: str, seq: int) -> int:
+        rows = await self._store.fetchall(
+            "SELECT COUNT(*) AS n FROM chat_messages WHERE session_id = ? AND seq > ?"
+            " AND role IN ('user', 'assistant')",
+            (session_id, seq),
+        )
+        return int(rows[0]["n"])
+
+    async def add(self, messages: Sequence[Message]) -> None:
+        await self._store.write(lambda conn: _insert(conn, messages))
+
+    async def edit(self, message: Message) -> None:
+        await self._store.execute(
+            "UPDATE chat_messages SET content = ?, edited_at_ms = ? WHERE id = ?",
+            (message.content, message.edited_at_ms, message.id),
+        )
+
+    # --- raw events ---------------------------------------------------------------------------
+
+    async def record_events(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        await self._store.write(
+            lambda conn: conn.executemany(
+                "INSERT INTO chat_events (session_id, event_id, event_type, source, timestamp_ms,"
+                " payload) VALUES (?,?,?,?,?,?)",
+                rows,
+            )
+        )
+
+    async def events(
+        self,
+        session_id: str,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT event_id, event_type, source, timestamp_ms, payload FROM chat_events"
+            " WHERE session_id = ?"
+        )
+        params: list[Any] = [session_id]
+        if since_ms is not None:
+            sql += " AND timestamp_ms >= ?"
+            params.append(since_ms)
+        if until_ms is not None:
+            sql += " AND timestamp_ms <= ?"
+            params.append(until_ms)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        rows = await self._store.fetchall(sql, params)
+        return [{**dict(r), "payload": json.loads(r["payload"])} for r in reversed(rows)]
+
+
+def _insert(conn: sqlite3.Connection, messages: Sequence[Message]) -> None:
+    conn.executemany(
+        f"INSERT INTO chat_messages ({_MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        [
+            (
+                m.id,
+                m.session_id,
+                m.role,
+                m.content,
+                m.created_at_ms,
+                m.edited_at_ms,
+                m.event_id,
+                m.tool_name,
+                m.tool_call_id,
+                m.tool_args,
+                int(m.interrupted),
+            )
+            for m in messages
+        ],
+    )
