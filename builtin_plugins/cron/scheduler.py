@@ -26,6 +26,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from sdk import (
+    AGENTS,
     Conflict,
     Emit,
     Invalid,
@@ -422,11 +423,6 @@ class Scheduler:
 
 
 def known_agents(ctx: PluginContext) -> set[str]:
-    """The agents a job may name. Agents do not exist as a feature yet: the default agent
-    (``chat.default_agent``, ``aman`` until that key is declared) and any ``[agents.<id>]`` table of
-    the configuration (docs/decisions.md)."""
-    try:
-        default = str(ctx.settings.get("chat.default_agent"))
-    except KeyError:
-        default = "aman"
-    return {default, *ctx.settings.table("agents")}
+    """The agents a job may name: those of the chat plugin (:data:`sdk.AGENTS`)."""
+    agents = ctx.stash.get(AGENTS)
+    return set(agents.ids()) if agents is not None else set()

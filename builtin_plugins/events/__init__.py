@@ -13,6 +13,7 @@ from typing import Any
 from attrs import field, frozen
 
 from sdk import (
+    AGENTS,
     AuditNote,
     Delivery,
     Event,
@@ -51,7 +52,6 @@ KNOWN_TYPES = (
 CUSTOM = "Any string not in known_types is a custom event type and is kept as is."
 TTL_MAX_MS = 2_592_000_000  # 30 days
 DEDUP_KEY_MAX = 256
-DEFAULT_AGENT = "aman"  # formats §1.4: the agent that exists when none is configured
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -156,13 +156,9 @@ async def push_event(ctx: PluginContext, body: PushIn, audit: AuditNote) -> dict
 
 
 def agent_exists(ctx: PluginContext, agent_id: str) -> bool:
-    """Until the agents feature exists, the only agent is the default one (``chat.default_agent``,
-    ``aman`` unless configured; formats §1.4)."""
-    try:
-        default = ctx.settings.get("chat.default_agent")
-    except KeyError:
-        default = DEFAULT_AGENT
-    return bool(agent_id == default)
+    """Whether the chat plugin knows the agent (:data:`sdk.AGENTS`)."""
+    agents = ctx.stash.get(AGENTS)
+    return agents is not None and agent_id in agents.ids()
 
 
 async def trace(ctx: PluginContext, trace_id: str) -> dict[str, Any]:
