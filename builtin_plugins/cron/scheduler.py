@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from sdk import (
     AGENTS,
+    CHAT,
     Conflict,
     Emit,
     Invalid,
@@ -231,6 +232,37 @@ class Scheduler:
                     payload["scheduled_at"],
                     exc,
                 )
+            if record.prompt:
+                await self._prompt(record)
+
+    async def _prompt(self, record: JobRecord) -> None:
+        """The job's prompt as a user message in its own background session (http-api §19)."""
+        chat = self._ctx.stash.get(CHAT)
+        if chat is None:
+            log.warning("cron job %s: prompt skipped: the chat plugin is not running", record.id)
+            return
+        agent_id = record.agent_key or str(self._ctx.settings.get("chat.default_agent"))
+        try:
+            session_id = await chat.open_session(
+                agent_id=agent_id,
+                operator="system",
+                session_type="background",
+                session_id=record.session_id,
+            )
+            if session_id != record.session_id:
+                record.session_id = session_id
+                await self._ctx.store.execute(
+                    "UPDATE cron_jobs SET session_id = ? WHERE id = ?", (session_id, record.id)
+                )
+            await chat.submit(
+                session_id,
+                record.prompt or "",
+                source=f"cron:{record.id}",
+                operator="system",
+                activity="cron",
+            )
+        except SdkError as exc:
+            log.warning("cron job %s: prompt skipped: %s", record.id, exc)
 
     # --- jobs -----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from datetime import UTC, datetime
@@ -160,3 +161,26 @@ async def test_after_a_restart_skip_publishes_nothing_and_run_once_exactly_one(s
     await third.scheduler.check()
     assert await third.published("catcher") == [latest]  # never the same scheduled time twice
     assert third.ticks() == []
+
+
+async def test_a_prompt_becomes_a_turn_in_the_jobs_background_session(cron):
+    clock = cron.fake_clock()
+    await cron.add(id="nightly", expression="* * * * *", prompt="Write the report.")
+    clock.advance(minutes=1)
+    await cron.scheduler.check()
+    session_id = (await cron.job("nightly"))["session_id"]
+    assert session_id is not None
+    state = {}
+    for _ in range(2000):
+        state = await (await cron.client.get(f"/chat/session/{session_id}/state")).get_json()
+        if state["state"] == "IDLE":
+            break
+        await asyncio.sleep(0.005)
+    assert state["session_type"] == "background"
+    assert [(m["role"], m["content"]) for m in state["messages"]] == [
+        ("user", "Write the report."), ("assistant", "echo: Write the report.")]
+    received = [e for e in state["events"] if e["event_type"] == "message_received"]
+    assert [e["source"] for e in received] == ["cron:nightly"]
+    clock.advance(minutes=1)
+    await cron.scheduler.check()  # the next tick reuses the session
+    assert (await cron.job("nightly"))["session_id"] == session_id
