@@ -63,10 +63,13 @@ async def test_a_turn_streams_and_stores_the_reply(chat):
     assert ready.payload["message_id"] == state["messages"][1]["id"]
     assert state["messages"][1]["event_id"] == ready.id
     assert state["messages"][0]["event_id"] == sent["event_id"]
-    moves = [(e.payload["from_state"], e.payload["to_state"])
-             for e in recorder.of_type("workflow_state_changed")
-             if e.payload["instance_id"] == session["id"]]
-    assert moves == [("ACTIVE", "PROCESSING"), ("PROCESSING", "IDLE")]
+    def moves():
+        return [(e.payload["from_state"], e.payload["to_state"])
+                for e in recorder.of_type("workflow_state_changed")
+                if e.payload["instance_id"] == session["id"]]
+
+    await wait_for(lambda: len(moves()) == 2)
+    assert moves() == [("ACTIVE", "PROCESSING"), ("PROCESSING", "IDLE")]
     types = [e["event_type"] for e in state["events"]]
     assert "message_received" in types and "agent:reply_ready" in types
     assert "agent:reply_chunk" not in types

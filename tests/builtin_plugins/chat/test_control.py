@@ -1,0 +1,317 @@
+"""Chat sessions against the local OpenAI-compatible server: tool calls, stop, close, kill,
+failures and retry, queues, agents, branches, history, timeouts and crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from builtin_plugins.chat import CHAT_SERVICE
+from sdk.testing import Recorder, wait_for
+from sdk.testing_openai import Reply
+
+CONFIG = """
+[llm.providers.oa]
+type = "openai"
+base_url = "{base_url}"
+model = "test-model"
+max_retries = 1
+
+[agents.aman]
+provider = "oa"
+queue_max_size = {queue}
+
+[agents.bob]
+display_name = "Bob"
+tools.deny = ["exec"]
+"""
+
+
+async def answer(resp):
+    return resp.status_code, await resp.get_json()
+
+
+class Env:
+    def __init__(self, client, kernel, recorder, server, runtime):
+        self.client, self.kernel, self.recorder, self.server = client, kernel, recorder, server
+        self.runtime = runtime
+
+    async def create(self, **body) -> str:
+        status, out = await answer(await self.client.post("/chat/session/create", json=body))
+        assert status == 200, out
+        return out["id"]
+
+    async def send(self, sid: str, text: str, status: int = 200) -> dict:
+        got, out = await answer(
+            await self.client.post(f"/chat/session/{sid}/send", json={"text": text}))
+        assert got == status, out
+        return out
+
+    async def state(self, sid: str) -> dict:
+        return await (await self.client.get(f"/chat/session/{sid}/state")).get_json()
+
+    async def settled(self, sid: str, state: str, check=lambda s: True) -> dict:
+        got: dict = {}
+        for _ in range(2000):
+            got = await self.state(sid)
+            if got["state"] == state and check(got):
+                return got
+            await asyncio.sleep(0.005)
+        pytest.fail(f"session {sid} did not reach {state}: {got}")
+
+
+@pytest.fixture(name="env")
+async def _env(make_kernel, serve_kernel, openai_server, tmp_path, request):
+    queue = getattr(request, "param", 5)
+    config = tmp_path / "aman.toml"
+    config.write_text(CONFIG.format(base_url=openai_server.base_url, queue=queue))
+    recorder = Recorder()
+    runtime = tmp_path / "runtime"
+    kernel = make_kernel(recorder, config_path=config, runtime_dir=runtime)
+    client = await serve_kernel(kernel)
+    return Env(client, kernel, recorder, openai_server, runtime)
+
+
+def moves(recorder, sid: str) -> list[tuple[str, str]]:
+    return [(e.payload["from_state"], e.payload["to_state"])
+            for e in recorder.of_type("workflow_state_changed") if e.payload["instance_id"] == sid]
+
+
+def contents(state: dict) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in state["messages"]]
+
+
+async def test_a_turn_through_the_openai_provider_with_a_tool_call(env, tmp_path):
+    (env.runtime / "workspace").mkdir(parents=True, exist_ok=True)
+    (env.runtime / "workspace" / "a.txt").write_text("alpha")
+    env.server.push(Reply(tool_calls=[("read", {"path": "a.txt"})]), Reply(text="the file says alpha"))
+    sid = await env.create()
+    await env.send(sid, "what is in a.txt?")
+    state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
+    assert [m[0] for m in contents(state)] == ["user", "tool", "assistant"]
+    assert '"content":"alpha"' in state["messages"][1]["content"]
+    assert state["messages"][2]["content"] == "the file says alpha"
+    first, second = (r.body for r in env.server.requests if r.path.endswith("/chat/completions"))
+    assert first["model"] == "test-model" and first["stream"] is True
+    assert first["messages"][0]["role"] == "system"
+    assert first["messages"][-1] == {"role": "user", "content": "what is in a.txt?"}
+    assert "read" in {t["function"]["name"] for t in first["tools"]}
+    assert first["tool_choice"] == "auto"
+    assistant, tool = second["messages"][-2:]
+    assert assistant["tool_calls"][0]["function"]["name"] == "read"
+    assert tool["role"] == "tool" and tool["tool_call_id"] == assistant["tool_calls"][0]["id"]
+    events = [e.event_type for e in env.recorder.seen if e.payload.get("session_id") == sid]
+    assert "tool:dispatched" in events and "tool:completed" in events
+
+
+async def test_a_denied_tool_is_refused_with_the_permission_text(env):
+    env.server.push(Reply(tool_calls=[("exec", {"command": "true"})]), Reply(text="ok"))
+    sid = await env.create(agent_id="bob")
+    # bob uses the echo provider by default: drive the tool call with /echo-tool instead
+    await env.send(sid, '/echo-tool exec {"command": "true"}')
+    state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
+    assert state["messages"][1]["content"] == (
+        "permission_denied: agent 'bob' is not allowed to use tool 'exec'")
+
+
+async def test_stop_keeps_the_partial_reply(env):
+    env.server.push(Reply(text="one two three four five six", chunk_delay=0.3))
+    sid = await env.create()
+    await env.send(sid, "count")
+    await wait_for(lambda: env.recorder.of_type("agent:reply_chunk"), timeout=10)
+    assert await answer(await env.client.post(f"/chat/session/{sid}/stop")) == (
+        200, {"ok": True, "stopped": True})
+    state = await env.settled(sid, "IDLE")
+    user, partial = state["messages"]
+    assert partial["role"] == "assistant" and partial["interrupted"] is True
+    assert "one two three four five six".startswith(partial["content"])
+    await wait_for(lambda: env.recorder.of_type("agent:reply_interrupted"))
+    assert await answer(await env.client.post(f"/chat/session/{sid}/stop")) == (
+        200, {"ok": True, "stopped": False})
+
+
+async def test_close_during_a_turn_and_a_new_message_reopens(env):
+    env.server.push(Reply(text="slow reply here", chunk_delay=0.3))
+    sid = await env.create()
+    await env.send(sid, "hi")
+    await wait_for(lambda: env.recorder.of_type("agent:reply_chunk"), timeout=10)
+    status, out = await answer(await env.client.post(f"/chat/session/{sid}/close", json={}))
+    assert (status, out["state"]) == (200, "CLOSED")
+    assert await answer(await env.client.post(f"/chat/session/{sid}/close", json={})) == (
+        409, {"error": f"session {sid} is already closed"})
+    await env.send(sid, "again")
+    state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 4)
+    assert contents(state)[2:] == [("user", "again"), ("assistant", "echo: again")]
+    await wait_for(lambda: moves(env.recorder, sid)[-1] == ("PROCESSING", "IDLE"))
+    assert moves(env.recorder, sid) == [
+        ("ACTIVE", "PROCESSING"), ("PROCESSING", "CLOSED"), ("CLOSED", "IDLE"),
+        ("IDLE", "PROCESSING"), ("PROCESSING", "IDLE")]
+    assert state["version"] == 3
+
+
+async def test_a_provider_error_puts_the_session_in_error_and_retry_recovers(env):
+    env.server.push(Reply(status=400, error="bad request from test"))
+    sid = await env.create()
+    await env.send(sid, "hello")
+    state = await env.settled(sid, "ERROR")
+    assert state["messages"][-1]["role"] == "system"
+    assert state["messages"][-1]["content"].startswith("The reply failed: ")
+    await wait_for(lambda: env.recorder.of_type("llm_error"))
+    assert env.recorder.of_type("llm_error")[0].payload["provider"] == "oa"
+    status, out = await answer(await env.client.post(f"/chat/session/{sid}/retry"))
+    assert (status, out) == (200, {"ok": True, "version": 2})
+    state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
+    assert contents(state) == [("user", "hello"), ("assistant", "echo: hello")]
+    await wait_for(lambda: len(moves(env.recorder, sid)) == 5)
+    assert moves(env.recorder, sid) == [
+        ("ACTIVE", "PROCESSING"), ("PROCESSING", "ERROR"), ("ERROR", "RETRYING"),
+        ("RETRYING", "PROCESSING"), ("PROCESSING", "IDLE")]
+
+
+async def test_a_stream_dropped_mid_reply_is_a_failure_not_a_stuck_session(env):
+    env.server.push(Reply(text="a b c d", drop_after=2))
+    sid = await env.create()
+    await env.send(sid, "hi")
+    state = await env.settled(sid, "ERROR")
+    assert [m["role"] for m in state["messages"]] == ["user", "system"]
+
+
+@pytest.mark.parametrize("env", [1], indirect=True)
+async def test_a_full_queue_is_refused(env):
+    env.server.push(Reply(text="slow one", chunk_delay=0.5))
+    a, b, c = [await env.create() for _ in range(3)]
+    await env.send(a, "first")
+    await wait_for(lambda: env.recorder.of_type("agent:reply_stream_start"), timeout=10)
+    assert (await env.send(b, "second"))["queued"] is True
+    out = await env.send(c, "third", status=409)
+    assert out == {"error": "agent aman queue is full (1 turns waiting)"}
+    assert (await env.state(c))["messages"] == []
+    await env.settled(b, "IDLE", lambda s: s["message_count"] == 2)
+
+
+async def test_kill_aborts_at_once(env):
+    env.server.push(Reply(text="never finished", delay=30))
+    sid = await env.create()
+    await env.send(sid, "hi")
+    await wait_for(lambda: env.recorder.of_type("agent:reply_stream_start"), timeout=10)
+    assert await answer(await env.client.post(f"/chat/session/{sid}/kill")) == (
+        200, {"ok": True, "status": "killed"})
+    await env.settled(sid, "IDLE")
+    agent = await (await env.client.get("/agent/aman")).get_json()
+    assert (agent["status"], agent["active_session_id"]) == ("Idle", None)
+    assert await answer(await env.client.post(f"/chat/session/{sid}/kill")) == (
+        200, {"ok": True, "status": "no_task"})
+
+
+async def test_delete_removes_everything(env):
+    sid = await env.create()
+    await env.send(sid, "hi")
+    await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
+    assert await answer(await env.client.delete(f"/chat/session/{sid}")) == (200, {"ok": True})
+    assert (await env.client.get(f"/chat/session/{sid}/state")).status_code == 404
+    assert await answer(await env.client.delete(f"/chat/session/{sid}")) == (
+        404, {"error": f"session not found: {sid}"})
+    await wait_for(lambda: env.recorder.of_type("session:deleted"))
+
+
+async def test_branch_history_and_filters(env):
+    parent = await env.create(agent_id="bob")
+    for text in ("one", "two"):
+        await env.send(parent, text)
+        await env.settled(parent, "IDLE", lambda s, t=text: s["messages"][-1]["content"] == f"echo: {t}")
+    messages = (await env.state(parent))["messages"]
+    branch = await env.create(session_type="branch", parent_session_id=parent,
+                              branch_message_id=messages[1]["id"], agent_id="bob")
+    state = await env.state(branch)
+    assert contents(state) == [("user", "one"), ("assistant", "echo: one")]
+    assert state["message_count"] == 2
+    assert [m["id"] for m in state["messages"]] != [m["id"] for m in messages[:2]]
+    assert await answer(await env.client.post("/chat/session/create", json={"session_type": "branch"})) == (
+        400, {"error": "missing required field 'parent_session_id'"})
+    assert await answer(await env.client.post("/chat/session/create", json={"agent_id": "zed"})) == (
+        404, {"error": "agent not found: zed"})
+    history = await (await env.client.get(
+        f"/chat/session/{parent}/history?limit=2&before={messages[3]['id']}")).get_json()
+    assert [m["content"] for m in history["messages"]] == ["echo: one", "two"]
+    assert history["has_more"] is True
+    listed = await (await env.client.get("/chat/sessions?agent_id=bob")).get_json()
+    assert {s["id"] for s in listed["items"]} == {parent, branch}
+    listed = await (await env.client.get("/chat/sessions?agent_id=aman")).get_json()
+    assert listed["items"] == []
+
+
+async def test_agents_status_gates_turns(env):
+    agents = await (await env.client.get("/agents")).get_json()
+    assert [a["descriptor"]["agent_id"] for a in agents] == ["aman", "bob"]
+    bob = agents[1]
+    assert bob["descriptor"]["display_name"] == "Bob" and bob["descriptor"]["denied_tools"] == ["exec"]
+    assert (bob["status"], bob["system_state"], bob["pending_turns"]) == ("Idle", "ready", 0)
+    assert await answer(await env.client.post("/agent/bob/status", json={"status": "Disabled"})) == (
+        200, {"ok": True, "agent_id": "bob", "old_status": "Idle", "status": "Disabled"})
+    sid = await env.create(agent_id="bob")
+    assert await env.send(sid, "hi", status=409) == {"error": "agent bob is disabled"}
+    status, out = await answer(await env.client.post("/agent/bob/status", json={"status": "Sleepy"}))
+    assert (status, out) == (400, {"error": "invalid value for 'status': 'Sleepy' (expected one of: "
+                                            "Disabled, Preparing, Idle, Busy, Error)"})
+    assert (await env.client.post("/agent/zed/status", json={"status": "Idle"})).status_code == 404
+    await env.client.post("/agent/bob/status", json={"status": "Preparing"})
+    out = await env.send(sid, "held back")
+    assert out["queued"] is True
+    assert (await env.state(sid))["pending_turns"] == 1
+    await env.client.post("/agent/bob/status", json={"status": "Idle"})
+    await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
+    for _ in range(1000):  # the agent turns Idle right after the session does
+        if (await (await env.client.get("/agent/bob")).get_json())["status"] == "Idle":
+            break
+        await asyncio.sleep(0.005)
+    assert await answer(await env.client.post("/agent/bob/reload")) == (
+        200, {"ok": True, "agent_id": "bob", "status": "Idle"})
+    assert await answer(await env.client.post("/agent/zed/reload")) == (
+        404, {"error": "agent not found in config: zed"})
+
+
+async def test_the_system_prompt(env):
+    status, out = await answer(await env.client.get("/soul/system-prompt?agent_id=bob"))
+    assert (status, out) == (404, {"error": "no soul configured"})
+    (env.runtime / "SOUL.md").write_text("# Aman\n\n## Identity\nA calm helper.\n")
+    assert (await env.client.post("/soul/update", json={
+        "content": "# Aman\n\n## Identity\nA calm helper.\n"})).status_code == 200
+    status, out = await answer(await env.client.get("/system-prompt?agent_id=bob"))
+    assert status == 200 and out["source"] == "global" and out["agent_id"] == "bob"
+    prompt = out["system_prompt"]
+    assert prompt.startswith("You are Aman.\nIdentity: A calm helper.\n\n")
+    assert "## Available Tools\n" in prompt and "- exec:" not in prompt and "- read:" in prompt
+    assert "Current date: " in prompt and prompt.endswith("Refuse requests that conflict with your boundaries.")
+
+
+async def test_timeouts_close_an_abandoned_session(env):
+    env.server.push(Reply(status=400))
+    sid = await env.create()
+    await env.send(sid, "hi")
+    await env.settled(sid, "ERROR")
+    db = sqlite3.connect(env.runtime / "aman.db")
+    with db:
+        db.execute("UPDATE chat_sessions SET due_at = 1, last_active_at = 1 WHERE id = ?", (sid,))
+    db.close()
+    await env.kernel.stash[CHAT_SERVICE].check_timeouts()
+    assert (await env.state(sid))["state"] == "CLOSED"
+    await wait_for(lambda: moves(env.recorder, sid)[-1] == ("ERROR", "CLOSED"))
+    [last] = [e for e in env.recorder.of_type("workflow_state_changed")
+              if e.payload["to_state"] == "CLOSED"]
+    assert (last.payload["event"], last.payload["reason"]) == ("ABANDON_TIMEOUT", "Timeout")
+
+
+async def test_a_turn_cut_by_a_crash_ends_in_error(make_kernel, serve_kernel, tmp_path):
+    runtime = tmp_path / "rt"
+    client = await serve_kernel(make_kernel(runtime_dir=runtime))
+    sid = (await (await client.post("/chat/session/create", json={})).get_json())["id"]
+    db = sqlite3.connect(runtime / "aman.db")
+    with db:
+        db.execute("UPDATE chat_sessions SET state = 'PROCESSING' WHERE id = ?", (sid,))
+    db.close()
+    client2 = await serve_kernel(make_kernel(runtime_dir=runtime))
+    state = await (await client2.get(f"/chat/session/{sid}/state")).get_json()
+    assert state["state"] == "ERROR"
+    assert contents(state) == [("system", "The reply was interrupted by a restart.")]
