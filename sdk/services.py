@@ -358,10 +358,24 @@ class Notifier(Protocol):
     raise a notification for the operator (http-api §13) without importing that plugin."""
 
     async def notify(
-        self, *, severity: str, category: str, title: str, body: str = "", source: str = ""
+        self,
+        *,
+        severity: str,
+        category: str,
+        title: str,
+        body: str = "",
+        source: str = "",
+        action_label: str | None = None,
+        action_route: str | None = None,
     ) -> str:
         """Store the notification and publish ``notification:created``; answer its id. Raise
-        :class:`~sdk.Invalid` for an unknown ``severity`` or ``category`` (http-api §13)."""
+        :class:`~sdk.Invalid` for an unknown ``severity`` or ``category`` (http-api §13). The
+        action (a button label and a UI route) is kept only when both are given."""
+        ...
+
+    @property
+    def unread(self) -> int:
+        """The number of notifications not dismissed, kept current (SSE snapshots, §23)."""
         ...
 
 
@@ -424,6 +438,11 @@ class Agents(Protocol):
 
     def ids(self) -> list[str]:
         """The configured agent ids, sorted (``aman`` when the config defines none)."""
+        ...
+
+    def states(self) -> list[dict[str, Any]]:
+        """Each agent's ``{"agent_id", "system_state", "status", "active_session_id",
+        "pending_turns"}``, sorted by id (the ``agent_states:updated`` SSE snapshot, §23)."""
         ...
 
 

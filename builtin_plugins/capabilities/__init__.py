@@ -17,6 +17,7 @@ _STATUS = {"healthy": "Healthy", "degraded": "Degraded", "error": "Error"}
 _DERIVED = {
     "register_llm_providers": "llm",
     "register_skill_executors": "skills",
+    "register_tools": "tools",
 }
 
 

@@ -194,6 +194,19 @@ class Agents:
         """The :data:`sdk.AGENTS` view."""
         return sorted(self.by_id)
 
+    def states(self) -> list[dict[str, Any]]:
+        """The :data:`sdk.AGENTS` snapshot for ``agent_states:updated``."""
+        return [
+            {
+                "agent_id": a.agent_id,
+                "system_state": a.system_state,
+                "status": a.status,
+                "active_session_id": a.current.session_id if a.current else None,
+                "pending_turns": len(a.queue),
+            }
+            for _, a in sorted(self.by_id.items())
+        ]
+
     def get(self, agent_id: str) -> Agent:
         agent = self.by_id.get(agent_id)
         if agent is None:

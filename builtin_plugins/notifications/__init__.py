@@ -62,6 +62,7 @@ def register_migrations(ctx: PluginContext) -> list[Migration]:
 @hookimpl
 async def on_startup(ctx: PluginContext) -> None:
     notifications = Notifications(ctx)
+    await notifications.recount()
     ctx.stash[NOTIFICATIONS] = notifications
     ctx.stash[NOTIFIER] = notifications
     subscriber = Subscriber(notifications, ctx)

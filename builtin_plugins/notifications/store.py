@@ -77,17 +77,32 @@ class Notifications:
 
     def __init__(self, ctx: PluginContext) -> None:
         self._ctx = ctx
+        self.unread = 0
 
     def _max_items(self) -> int:
         return int(self._ctx.settings.get("notifications.max_items"))
 
     async def notify(
-        self, *, severity: str, category: str, title: str, body: str = "", source: str = ""
+        self,
+        *,
+        severity: str,
+        category: str,
+        title: str,
+        body: str = "",
+        source: str = "",
+        action_label: str | None = None,
+        action_route: str | None = None,
     ) -> str:
         """Raise a notification (:class:`sdk.Notifier`); unknown severities or categories are
         refused with :class:`sdk.Invalid`."""
         return await self.create(
-            severity=severity, category=category, title=title, message=body, source=source or None
+            severity=severity,
+            category=category,
+            title=title,
+            message=body,
+            source=source or None,
+            action_label=action_label,
+            action_route=action_route,
         )
 
     async def create(
@@ -145,6 +160,7 @@ class Notifications:
             )
 
         await self._ctx.store.write(insert)
+        await self.recount()
         try:
             await self._ctx.bus.publish(
                 "notification:created",
@@ -206,8 +222,15 @@ class Notifications:
         await self._ctx.store.execute(
             "UPDATE notifications SET dismissed = 1 WHERE id = ?", (notification_id,)
         )
+        await self.recount()
 
     async def dismiss_all(self) -> int:
-        return await self._ctx.store.execute(
+        changed = await self._ctx.store.execute(
             "UPDATE notifications SET dismissed = 1 WHERE dismissed = 0 AND dismissible = 1"
         )
+        await self.recount()
+        return changed
+
+    async def recount(self) -> None:
+        """Refresh :attr:`unread` after a change."""
+        self.unread = await self.unread_count()

@@ -15,6 +15,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from sdk import (
+    AGENTS,
+    NOTIFIER,
     ConfigKey,
     PluginContext,
     Request,
@@ -144,9 +146,10 @@ def _access(ctx: PluginContext, request: Request) -> bool:
 
 
 def _snapshots(ctx: PluginContext) -> list[bytes]:
-    """``metrics:updated``, ``agent_states:updated`` and ``notification:updated``. Agents and
-    notifications are not part of the runtime yet: their snapshots are empty."""
+    """``metrics:updated``, ``agent_states:updated`` and ``notification:updated`` (from the
+    chat and notifications plugins through the stash; empty while they are not running)."""
     stats = ctx.bus.stats()
+    agents, notifier = ctx.stash.get(AGENTS), ctx.stash.get(NOTIFIER)
     depth = stats.get("queue_depth", {})
     metrics = {
         "queue_depth": {p: depth.get(p, 0) for p in ("high", "normal", "low")},
@@ -165,8 +168,8 @@ def _snapshots(ctx: PluginContext) -> list[bytes]:
     }
     return [
         frame("metrics:updated", metrics),
-        frame("agent_states:updated", {"agents": []}),
-        frame("notification:updated", {"unread_count": 0}),
+        frame("agent_states:updated", {"agents": agents.states() if agents else []}),
+        frame("notification:updated", {"unread_count": notifier.unread if notifier else 0}),
     ]
 
 

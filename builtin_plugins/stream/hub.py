@@ -175,7 +175,9 @@ class Hub:
         """Every ``TICK_SEC`` while streams are open: let each look at its schedules."""
         for client in self.clients:
             client.buffer.nudge()
-        self._ticker = asyncio.get_running_loop().call_later(TICK_SEC, self._tick) if self.clients else None
+        self._ticker = (
+            asyncio.get_running_loop().call_later(TICK_SEC, self._tick) if self.clients else None
+        )
 
     def leave(self, client: Client) -> None:
         client.buffer.close()

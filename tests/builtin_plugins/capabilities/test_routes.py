@@ -42,16 +42,18 @@ async def test_capabilities_follow_the_running_plugins(make_kernel, serve_kernel
     body = await (await client.get("/capabilities")).get_json()
     assert list(body) == sorted(body)
     assert body["chat"] == [{"capability": "chat", "plugin": "gateway", "version": kernel.version, "status": "Healthy"}]
-    assert [e["plugin"] for e in body["llm"]] == ["llm-echo", "local-llm"]
+    assert [e["plugin"] for e in body["llm"]] == ["llm-echo", "llm-openai", "local-llm"]
+    assert [e["plugin"] for e in body["tools"]] == ["builtin-tools"]
     assert body["rss"] == [{"capability": "rss", "plugin": "rss", "version": kernel.version, "status": "Degraded"}]
     assert [e["plugin"] for e in body["feeds"]] == ["rss"]
     assert [e["plugin"] for e in body["api"]] == ["rss"]
 
     await client.post("/plugin/rss/disable", headers={"x-aman-confirm": "yes"})
     await client.post("/plugin/llm-echo/disable", headers={"x-aman-confirm": "yes"})
+    await client.post("/plugin/builtin-tools/disable", headers={"x-aman-confirm": "yes"})
     body = await (await client.get("/capabilities")).get_json()
-    assert "rss" not in body and "feeds" not in body and "api" not in body
-    assert [e["plugin"] for e in body["llm"]] == ["local-llm"]
+    assert "rss" not in body and "feeds" not in body and "api" not in body and "tools" not in body
+    assert [e["plugin"] for e in body["llm"]] == ["llm-openai", "local-llm"]
 
     await client.post("/plugin/rss/enable")
     body = await (await client.get("/capabilities")).get_json()

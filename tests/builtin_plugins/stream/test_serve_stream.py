@@ -150,7 +150,9 @@ def test_snapshots_at_once_then_live_events_and_keep_alives(server) -> None:
         }  # fmt: skip
         assert set(metrics["queue_depth"]) == {"high", "normal", "low"}
         assert {"name": "stream", "status": "Running"} in metrics["plugin_health"]
-        assert first[1]["data"] == {"agents": []}
+        assert first[1]["data"] == {"agents": [{
+            "agent_id": "aman", "system_state": "ready", "status": "Idle",
+            "active_session_id": None, "pending_turns": 0}]}
         assert first[2]["data"] == {"unread_count": 0}
         assert first[3]["data"] == RUNTIME_READY
 
