@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 import quart
 from attrs import frozen
-from werkzeug.exceptions import NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, MapAdapter, Rule
 
 from sdk import (
@@ -137,6 +137,9 @@ class Router:
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
         self._table: tuple[MapAdapter, dict[str, Endpoint]] = (Map().bind("localhost"), {})
+        #: Paths without parameters and their methods: ``/agent/shutdown`` is a 405 for GET even
+        #: though ``GET /agent/{agent_id}`` would match it.
+        self._static: dict[str, set[str]] = {}
 
     def rebuild(
         self, plugins: Iterable[Plugin], public_routes: Callable[[Plugin], Iterable[str]]
@@ -158,7 +161,12 @@ class Router:
                 endpoints[name] = ep
                 rules.append(_MatchRule(_rule(ep.path), endpoint=name, methods=[key[0]]))
         table = Map(rules, strict_slashes=True, merge_slashes=False, redirect_defaults=False)
+        static: dict[str, set[str]] = {}
+        for method, path in owners:
+            if not _PARAM.search(path):
+                static.setdefault(path, set()).add(method)
         self._table = (table.bind("localhost"), endpoints)  # bound once, matched per request
+        self._static = static
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._table[1].values())
@@ -176,6 +184,8 @@ class Router:
             if "//" in raw_path:
                 raise NotFound()
             name, raw_params = table.match(raw_path, req.method)
+            if raw_params and (methods := self._static.get(raw_path)) is not None:
+                raise MethodNotAllowed(valid_methods=sorted(methods))
             ep = endpoints[name]
             params = {k: unquote(v) for k, v in raw_params.items()}
             if ep.route.audit:

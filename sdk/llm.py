@@ -98,7 +98,9 @@ class LlmError(Exception):
 
 
 class Provider(Protocol):
-    """What a provider type's factory builds."""
+    """What a provider type's factory builds. Building one should be cheap (no connection yet).
+    A provider that holds resources (an HTTP client) may also define ``async aclose()``: the
+    ``llm`` plugin calls it when it stops, for the current and the replaced providers."""
 
     async def probe(self) -> None:
         """Raise :class:`LlmError` when the backend cannot serve requests now."""

@@ -9,6 +9,8 @@ Fixtures:
 - ``kernel``: ``make_kernel(*aman_plugins, settings=aman_settings)``.
 - ``client``: a started, ready app of ``kernel`` and its Quart test client, stopped after the
   test (``resp = await client.get("/api/v1/hello/ping")``).
+- ``openai_server``: a local OpenAI-compatible server with scripted replies, for LLM providers
+  (``sdk.testing_openai``; its ``base_url`` goes into ``llm.providers.<name>.base_url``).
 
 Helpers: ``load_plugin(root)`` imports the plugin of a source tree laid out as an archive
 (``plugin.toml`` in ``root``) and returns ``(name, module)`` for ``aman_plugins``, named as its
@@ -42,6 +44,7 @@ import pytest
 
 from . import EventHandler, hookimpl
 from .models import Event
+from .testing_openai import OpenAIServer
 
 try:
     import pytest_asyncio
@@ -206,3 +209,8 @@ if pytest_asyncio is not None:
     async def _client(kernel: Any) -> AsyncIterator[Any]:
         async for test_client in serve(kernel):
             yield test_client
+
+    @pytest_asyncio.fixture(name="openai_server")
+    async def _openai_server() -> AsyncIterator[OpenAIServer]:
+        async with OpenAIServer() as server:
+            yield server

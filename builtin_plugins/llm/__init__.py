@@ -1,11 +1,14 @@
-"""LLM: the configured providers, their backend health and ``/health/llm`` (http-api §2; D15).
+"""LLM: the configured providers, their backend health, ``/health/llm`` (http-api §2; D15) and
+the :class:`sdk.Llm` service every model call goes through (http-api §11.3 step 3).
 
-Provider implementations come from plugins (``register_llm_providers``): ``llm-echo`` and,
-later, ``llm-openai`` are built in. This plugin owns the ``llm.*`` keys, builds a provider for
+Provider implementations come from plugins (``register_llm_providers``): ``llm-echo`` and
+``llm-openai`` are built in. This plugin owns the ``llm.*`` keys, builds a provider for
 each ``[llm.providers.<name>]`` table (plus ``echo``, which always exists unless the file defines
 one with that name), and keeps each backend's state: 3 failures in a row make it ``degraded``,
 6 ``down``, any success ``ok``. A probe runs at start and then every 60 s while a backend is
-not ``ok``.
+not ``ok``; every attempt of a model call counts too. ``ctx.stash[LLM].stream(name, request)``
+retries transient errors before the first piece with delays of 1, 3, 9, 27 s (×3, capped at
+120 s).
 """
 
 from __future__ import annotations
@@ -13,13 +16,19 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from attrs import define
 
 from sdk import (
+    LLM,
     ConfigKey,
     ConfigRule,
+    Delta,
+    LlmError,
+    LlmRequest,
     PluginContext,
     ProviderConfig,
     ProviderType,
@@ -34,6 +43,7 @@ from sdk import (
 PROBE_INTERVAL_SEC = 60
 PROBE_TIMEOUT_SEC = 5
 DEGRADED_AFTER, DOWN_AFTER = 3, 6
+RETRY_FIRST_SEC, RETRY_FACTOR, RETRY_CAP_SEC = 1, 3, 120
 
 
 @define
@@ -54,6 +64,7 @@ class Registry:
     def __init__(self, ctx: PluginContext) -> None:
         self._ctx = ctx
         self._backends: dict[str, Backend] = {}
+        self._retired: list[Any] = []  # dropped provider instances, closed at stop
         self._task: asyncio.Task[None] | None = None
 
     # --- configuration ----------------------------------------------------------------------
@@ -70,20 +81,29 @@ class Registry:
         tables = self._ctx.settings.table("llm.providers")
         tables.setdefault("echo", {"type": "echo"})
         types = self.types()
-        backends = {}
+        backends, previous = {}, dict(self._backends)
         for name, table in sorted(tables.items()):
             kind = types.get(table.get("type", ""))
             config = _provider_config(name, table, kind)
-            old = self._backends.get(name)
-            backends[name] = (
-                old if old is not None and old.config == config else Backend(config=config)
-            )
+            backend = previous.pop(name, None)
+            if backend is None or backend.config != config:
+                self._retire(backend)
+                backend = Backend(config=config)
             if kind is None:
-                backends[name].instance = None
-            elif backends[name].instance is None:
-                backends[name].instance = kind.factory(config)
+                self._retire(backend)
+            elif backend.instance is None:
+                backend.instance = kind.factory(config)
+            backends[name] = backend
+        for removed in previous.values():
+            self._retire(removed)
         self._backends = backends
         return backends
+
+    def _retire(self, backend: Backend | None) -> None:
+        """Drop the provider of ``backend``; it is closed at stop (a turn may still use it)."""
+        if backend is not None and backend.instance is not None:
+            self._retired.append(backend.instance)
+            backend.instance = None
 
     def default_provider(self) -> str:
         """The provider of the default agent (``chat.default_agent``)."""
@@ -118,19 +138,20 @@ class Registry:
         event = {"degraded": "llm_backend_degraded", "down": "llm_backend_down"}.get(after)
         if after == "ok" and before in ("degraded", "down"):
             event = "llm_backend_recovered"
-        if after != before and event:
-            await self._ctx.bus.publish(
-                event,
-                {
-                    "provider": name,
-                    "base_url": backend.config.base_url,
-                    "from": before,
-                    "to": after,
-                    "consecutive_failures": backend.consecutive_failures,
-                    "last_error": backend.last_error,
-                },
-                source=f"llm:{name}",
-            )
+        if after == before or not event:
+            return
+        payload = {
+            "provider": name,
+            "base_url": backend.config.base_url,
+            "from": before,
+            "to": after,
+            "consecutive_failures": backend.consecutive_failures,
+            "last_error": backend.last_error,
+        }
+        try:
+            await self._ctx.bus.publish(event, payload, source=f"llm:{name}")
+        except Unavailable as exc:  # backpressure: the state changed, only its event is lost
+            self._ctx.log.warning("%s for provider %s not published: %s", event, name, exc)
 
     async def probe(self, name: str) -> None:
         backend = self._backends[name]
@@ -153,8 +174,20 @@ class Registry:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="aman-llm-probes")
 
     async def stop(self) -> None:
+        """Stop probing and close every provider that has an ``aclose()`` (its HTTP client)."""
         await cancel(self._task)
         self._task = None
+        for backend in self._backends.values():
+            self._retire(backend)
+        retired, self._retired = self._retired, []
+        for instance in retired:
+            close = getattr(instance, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception:  # one provider failing to close must not keep the others open
+                self._ctx.log.exception("closing LLM provider %r failed", instance)
 
     async def _loop(self) -> None:
         await self.probe_all()
@@ -173,6 +206,78 @@ class Registry:
             "last_error": backend.last_error,
             "checked_at_ms": backend.checked_at_ms,
         }
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1, 2, …) before the next one: 1, 3, 9,
+    27, … capped at 120 (http-api §11.3 step 3)."""
+    return float(min(RETRY_FIRST_SEC * RETRY_FACTOR ** (attempt - 1), RETRY_CAP_SEC))
+
+
+def unavailable(name: str, backend: Backend | None) -> str | None:
+    """Why provider ``name`` cannot take requests now, or None (``/health/llm`` and
+    :meth:`Service.unavailable`)."""
+    if backend is None:
+        return f"provider {name} is not configured"
+    if backend.instance is None:
+        return (
+            f"provider type {backend.config.type} is not available (no enabled plugin provides it)"
+        )
+    return None
+
+
+class Service:
+    """The :class:`sdk.Llm` under :data:`sdk.LLM`: model calls by provider name, with retries and
+    backend health (http-api §11.3 step 3)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def names(self) -> list[str]:
+        return list(self._registry.refresh())
+
+    def model(self, provider: str) -> str:
+        return self._registry.refresh()[provider].config.model
+
+    def unavailable(self, provider: str) -> str | None:
+        return unavailable(provider, self._registry.refresh().get(provider))
+
+    async def stream(self, provider: str, request: LlmRequest) -> AsyncIterator[Delta]:
+        """Stream through ``provider``; retry transient errors until the first piece. Every
+        attempt is recorded in the backend's health; closing early records nothing."""
+        backend = self._registry.refresh().get(provider)
+        reason = unavailable(provider, backend)
+        if backend is None or reason is not None:
+            raise LlmError(str(reason))
+        attempts = backend.config.max_retries
+        for attempt in range(1, attempts + 1):
+            started = False
+            try:
+                async with aclosing(backend.instance.stream(request)) as deltas:
+                    async for delta in deltas:
+                        started = True
+                        yield delta
+            except Exception as exc:  # noqa: BLE001 - any provider failure is an LlmError to callers
+                error = _llm_error(exc, backend.config)
+            else:
+                await self._registry.record(provider, None)
+                return
+            await self._registry.record(provider, error)
+            if started or not error.transient or attempt == attempts:
+                raise error
+            await asyncio.sleep(retry_delay(attempt))
+
+
+def _llm_error(exc: Exception, config: ProviderConfig) -> LlmError:
+    """``exc`` as an :class:`LlmError` whose message holds no API key; an error that is not an
+    LlmError (a provider's bug) is not transient."""
+    if not isinstance(exc, LlmError):
+        text = f"provider {config.name} failed: {type(exc).__name__}: {exc}"
+        return LlmError(redact(text, config.api_key))
+    message = redact(str(exc), config.api_key)
+    if message == str(exc):
+        return exc
+    return LlmError(message, transient=exc.transient, status=exc.status)
 
 
 REGISTRY = StashKey[Registry]()
@@ -263,15 +368,18 @@ def _types_known(ctx: PluginContext, view: Any) -> str | None:
 async def on_startup(ctx: PluginContext) -> None:
     registry = Registry(ctx)
     ctx.stash[REGISTRY] = registry
+    ctx.stash[LLM] = Service(registry)
     registry.start()
 
 
 @hookimpl
 async def on_shutdown(ctx: PluginContext) -> None:
+    if LLM in ctx.stash:
+        del ctx.stash[LLM]
     registry = ctx.stash.get(REGISTRY)
     if registry is not None:
-        await registry.stop()
         del ctx.stash[REGISTRY]
+        await registry.stop()
 
 
 @hookimpl
@@ -297,16 +405,8 @@ async def health_llm(ctx: PluginContext) -> dict[str, Any]:
     providers = [registry.health(name) for name in backends]
     name = registry.default_provider()
     backend = backends.get(name)
-    if backend is None:
-        reason, state = f"provider {name} is not configured", "unknown"
-    elif backend.instance is None:
-        reason, state = (
-            f"provider type {backend.config.type} is not available (no enabled plugin provides it)",
-            backend.state,
-        )
-    elif backend.state == "down":
-        reason, state = backend.last_error or "backend down", "down"
-    else:
+    reason = unavailable(name, backend)
+    if reason is None and backend is not None and backend.state != "down":
         return {
             "status": "ok",
             "provider": name,
@@ -315,6 +415,9 @@ async def health_llm(ctx: PluginContext) -> dict[str, Any]:
             "backend": backend.state,
             "providers": providers,
         }
+    state = backend.state if backend is not None else "unknown"
+    if reason is None:
+        reason = (backend.last_error if backend else None) or "backend down"
     raise Unavailable(
         f"llm provider unavailable: {reason}", provider=name, backend=state, providers=providers
     )
