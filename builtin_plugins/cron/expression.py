@@ -113,7 +113,9 @@ class CronExpression:
             return "*" if values == set(full) else ",".join(str(v) for v in sorted(values))
 
         days = ",".join(str(v) for v in sorted(self.days)) if self.days_restricted else "*"
-        weekdays = ",".join(str(v) for v in sorted(self.weekdays)) if self.weekdays_restricted else "*"
+        weekdays = (
+            ",".join(str(v) for v in sorted(self.weekdays)) if self.weekdays_restricted else "*"
+        )
         return " ".join(
             [
                 render(self.seconds, range(60)),
@@ -335,7 +337,9 @@ def _gap(wall: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
 # --- the checks of /cron/add and /cron/{id}/update ------------------------------------------------
 
 
-def check(text: str, tz_name: str, *, min_interval_sec: int, now: datetime) -> tuple[CronExpression, ZoneInfo]:
+def check(
+    text: str, tz_name: str, *, min_interval_sec: int, now: datetime
+) -> tuple[CronExpression, ZoneInfo]:
     """Validate an expression in a zone as formats §6.4 says, in the order of the add errors of
     http-api §19: the syntax, the time zone, "never fires", then the minimum interval."""
     expression = parse(text)
