@@ -108,10 +108,12 @@ class Chat(Protocol):
         extra: Mapping[str, Any] | None = None,
         system_state: str = "chatting",
         activity: str = "chat",
+        checks: bool = True,
     ) -> Submitted:
-        """Run the input checks of http-api §11.4, store ``text`` as a user message, publish
-        ``message_received`` from ``source`` (payload plus ``extra``) and queue a turn that runs
-        with the agent's ``system_state``/``activity`` set as given."""
+        """Run the input checks of http-api §11.4 (unless ``checks`` is false: texts the
+        runtime composed itself, such as idle-run and cron prompts), store ``text`` as a user
+        message, publish ``message_received`` from ``source`` (payload plus ``extra``) and queue
+        a turn that runs with the agent's ``system_state``/``activity`` set as given."""
         ...
 
     async def post_reply(self, session_id: str, text: str, *, source: str) -> str:

@@ -42,6 +42,16 @@ __all__ = ["CHAT_SERVICE", "ChatService"]
 
 CHAT_SERVICE = StashKey[ChatService]()
 IDLE_TAGS = ("work", "study", "fun", "prize")
+#: Events after which agents are matched to the configuration and the running plugins again.
+REFRESH_ON = (
+    "gateway:ready",
+    "config_changed",
+    "plugin:enabled",
+    "plugin:disabled",
+    "plugin:installed",
+    "plugin:uninstalled",
+    "plugin:quarantined",
+)
 
 
 @hookimpl
@@ -139,7 +149,13 @@ def register_event_handlers(ctx: PluginContext) -> list[EventHandler]:
     async def handle(event: Any) -> None:
         await ctx.stash[CHAT_SERVICE].on_message(event)
 
-    return [EventHandler(name="chat-inbox", handler=handle, event_types=("message_received",))]
+    async def refresh(event: Any) -> None:
+        ctx.stash[CHAT_SERVICE].agents.refresh()
+
+    return [
+        EventHandler(name="chat-inbox", handler=handle, event_types=("message_received",)),
+        EventHandler(name="chat-agents", handler=refresh, event_types=REFRESH_ON),
+    ]
 
 
 @hookimpl

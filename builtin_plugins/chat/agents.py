@@ -231,6 +231,19 @@ class Agents:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
 
+    def refresh(self) -> None:
+        """Follow the configuration and the running plugins (formats §1.4: agent keys are live):
+        a new agent is added, a changed one rebuilt unless it runs a turn, and an ``Idle`` or
+        ``Error`` agent's status follows whether its provider can be used now."""
+        for agent_id in agent_ids(self._ctx.settings):
+            agent = self.by_id.get(agent_id)
+            if agent is None or (
+                agent.status != "Busy" and Descriptor.read(self._ctx, agent_id) != agent.descriptor
+            ):
+                self.load(agent_id)
+            elif agent.status in ("Idle", "Error"):
+                self.settle(agent)
+
     def load(self, agent_id: str) -> Agent:
         """(Re)build an agent from the config: ``Preparing``, then ``Idle``, ``Disabled`` or
         ``Error`` (its provider cannot be used)."""

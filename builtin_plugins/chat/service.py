@@ -188,6 +188,7 @@ class ChatService:
         expected_version: int | None = None,
         audit: AuditNote | None = None,
         event_id: str | None = None,
+        checks: bool = True,
     ) -> Submitted:
         """A new user message and its turn (the order of http-api §11.5 send)."""
         async with self.lock(session_id):
@@ -195,9 +196,10 @@ class ChatService:
             self.check_version(session, expected_version)
             agent = self.agents.get(session.agent_id)
             agent.usable()
-            text = await self.check_input(
-                text, session, operator=operator, action="chat.send_message", audit=audit
-            )
+            if checks:
+                text = await self.check_input(
+                    text, session, operator=operator, action="chat.send_message", audit=audit
+                )
             agent.has_room()
             message = new_message(session.id, "user", text)
             if event_id is None:

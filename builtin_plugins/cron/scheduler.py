@@ -260,6 +260,7 @@ class Scheduler:
                 source=f"cron:{record.id}",
                 operator="system",
                 activity="cron",
+                checks=False,
             )
         except SdkError as exc:
             log.warning("cron job %s: prompt skipped: %s", record.id, exc)

@@ -98,6 +98,7 @@ async def idle_run(
         },
         system_state=SYSTEM_STATES.get(tag, "waiting"),
         activity="idle_run",
+        checks=False,
     )
     audit.detail = f"tag={tag} skill={skill.name} session={session_id}"
     return {

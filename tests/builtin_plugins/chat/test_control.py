@@ -315,3 +315,36 @@ async def test_a_turn_cut_by_a_crash_ends_in_error(make_kernel, serve_kernel, tm
     state = await (await client2.get(f"/chat/session/{sid}/state")).get_json()
     assert state["state"] == "ERROR"
     assert contents(state) == [("system", "The reply was interrupted by a restart.")]
+
+
+async def agent_status(env, agent_id: str, want: str) -> dict:
+    got: dict = {}
+    for _ in range(1000):
+        got = await (await env.client.get(f"/agent/{agent_id}")).get_json()
+        if got["status"] == want:
+            return got
+        await asyncio.sleep(0.005)
+    pytest.fail(f"agent {agent_id} is {got.get('status')}, not {want}")
+
+
+async def test_agents_follow_their_provider_plugin_and_live_config(env):
+    confirm = {"x-aman-confirm": "yes"}
+    assert (await env.client.post("/plugin/llm-openai/disable", headers=confirm)).status_code == 200
+    agent = await agent_status(env, "aman", "Error")
+    assert agent["error"] == "provider type openai is not available (no enabled plugin provides it)"
+    sid = await env.create()
+    out = await env.send(sid, "hi", status=409)
+    assert out == {"error": f"agent aman is unavailable: {agent['error']}"}
+    assert (await env.client.post("/plugin/llm-openai/enable", headers=confirm)).status_code == 200
+    await agent_status(env, "aman", "Idle")
+    await env.send(sid, "hi")
+
+    status, out = await answer(await env.client.post(
+        "/config/set", json={"changes": {"agents.bob.display_name": "Robert"}}, headers=confirm))
+    assert status == 200 and out["applied"] == ["agents.bob.display_name"], out
+    for _ in range(1000):
+        bob = await (await env.client.get("/agent/bob")).get_json()
+        if bob["descriptor"]["display_name"] == "Robert":
+            break
+        await asyncio.sleep(0.005)
+    assert bob["descriptor"]["display_name"] == "Robert"
