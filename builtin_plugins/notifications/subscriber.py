@@ -30,6 +30,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "llm_backend_recovered",
     "secret_rotated",
     "agent:reply_ready",
+    "gateway:ready",
 )
 #: Names of a workflow's error state the subscriber recognises (the event does not say which
 #: state is the workflow's ``error_state``).
@@ -127,6 +128,12 @@ class Subscriber:
             await raise_("info", "gateway", "LLM backend recovered", _provider(event, payload))
         elif kind == "secret_rotated":
             await raise_("warning", "secret", "Secret rotated", str(payload.get("name")))
+        elif kind == "gateway:ready":
+            for plugin in self._ctx.plugins.list():
+                if plugin.state == "failed":
+                    await raise_(
+                        "warning", "plugin", "Plugin failed to load", f"{plugin.name}: {plugin.error}"
+                    )
         elif kind == "agent:reply_ready" and payload.get("background") is True:
             await raise_(
                 "info",

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from builtin_plugins.notifications import NOTIFICATIONS
-from sdk import NOTIFIER, Invalid
+from sdk import NOTIFIER, Invalid, hookimpl
 from sdk.testing import Recorder, wait_for
 
 CONFIRM = {"x-aman-confirm": "yes"}
@@ -374,3 +376,23 @@ async def test_disabled_plugin_answers_503_and_creates_nothing(served):
     assert (await client.post("/plugin/notifications/enable")).status_code == 200
     assert NOTIFIER in kernel.stash
     assert await items(client) == []
+
+
+class Broken:
+    name = "broken"
+
+    @hookimpl
+    def on_startup(self):
+        raise RuntimeError("no database")
+
+
+async def test_a_plugin_that_failed_at_start_up_raises_a_warning(make_kernel, serve_kernel):
+    client = await serve_kernel(make_kernel(Broken()))
+    for _ in range(1000):
+        found = await items(client, "?category=plugin")
+        if found:
+            break
+        await asyncio.sleep(0.005)
+    [item] = found
+    assert (item["severity"], item["title"]) == ("warning", "Plugin failed to load")
+    assert item["message"].startswith("broken: ") and "no database" in item["message"]
