@@ -319,7 +319,8 @@ class Router:
             action=ep.route.audit,
             target=note.target,
             outcome=note.outcome or outcome,
-            detail=note.detail if outcome == "ok" else detail,
+            # a handler that named the outcome (``blocked``) also chose the detail
+            detail=note.detail if outcome == "ok" or note.outcome else detail,
         )
 
     def _finish(
