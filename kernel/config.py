@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
-import tempfile
 import tomllib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import tomli_w
 
 from sdk import ConfigChange, ConfigError, ConfigKey, ConfigRule, Failure, Invalid
+from sdk.files import write_atomic
 
 __all__ = ["KERNEL_KEYS", "Config", "is_loopback", "parse_bind"]
 
@@ -558,24 +558,8 @@ class Config:
 
 
 def _write_atomic(path: Path, tree: Mapping[str, Any]) -> None:
-    """Write the TOML file by temporary file, fsync and rename, so readers see old or new."""
+    """Write the TOML file whole (``sdk.files.write_atomic``), so readers see old or new."""
     try:
-        data = tomli_w.dumps(tree).encode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".aman.toml.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, tomli_w.dumps(tree).encode())
     except (OSError, TypeError, ValueError) as exc:
         raise Failure(f"cannot write {path}: {exc}") from None

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from sdk import ToolContext, ToolError
+from sdk.files import write_atomic
 
 from .common import Deadline, os_errors, resolve
 
@@ -125,27 +125,10 @@ def _nonblocking(path: str, flags: int) -> int:
 
 
 def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path`` and rename it over ``path``.
-
-    A symlink is written through (its target is replaced); an existing file keeps its mode, a new
-    one gets the default mode (``0o666`` less the umask).
-    """
-    target = Path(os.path.realpath(path))
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    with os_errors(target.parent, "directory"):
-        mode = target.stat().st_mode & 0o7777 if target.exists() else None
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if mode is not None:
-                os.chmod(temp, mode)
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+    """Write ``data`` whole (``sdk.files.write_atomic``: a symlink is written through, an
+    existing file keeps its mode)."""
+    with os_errors(path.parent, "directory"):
+        write_atomic(path, data, parents=False)
 
 
 def _directory(tc: ToolContext, path: str) -> Path:

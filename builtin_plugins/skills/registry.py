@@ -12,18 +12,17 @@ content (§2.4) and the search index is kept in step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import re
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attrs import define, field, frozen
 
 from sdk import Failure, Migration, NotFound, Unrecoverable, now_ms
+from sdk.files import write_atomic
 
 from .loader import LoadError, Skill, discover, matches, parse
 from .search import SearchIndex
@@ -359,19 +358,3 @@ class Registry:
 
 def _differs(old: Skill, new: Skill) -> bool:
     return old.content_hash != new.content_hash or old.path != new.path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +26,7 @@ from sdk import (
     Unavailable,
     now_ms,
 )
+from sdk.files import write_atomic
 
 from .parse import Soul, decode, parse, prompt
 from .watch import Watcher
@@ -203,7 +201,7 @@ class Souls:
             raise Invalid("no soul configured (soul.path is empty)")
         soul = parse(content)
         async with self.lock:
-            await asyncio.to_thread(_write_atomic, path, content.encode("utf-8"))
+            await asyncio.to_thread(write_atomic, path, content.encode("utf-8"))
             old = self.loaded.get(path)
             if old is not None and old.text == content:
                 return old
@@ -256,24 +254,3 @@ def _read(path: Path) -> tuple[str, Soul, int] | None:
         return None
     text = decode(data)
     return text, parse(text), mtime
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename (a temporary file in the same directory),
-    keeping the file's permissions (a new file gets ``0o644``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
