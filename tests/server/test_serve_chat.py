@@ -135,11 +135,14 @@ def _openai() -> Iterator[OpenAIServer]:
     """The local OpenAI-compatible server, on its own event loop in a thread."""
     loop = asyncio.new_event_loop()
     server = OpenAIServer()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
     asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(10)
     yield server
     asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
 
 
 def test_the_chat_flow_with_the_openai_provider(aman, openai, tmp_path):
