@@ -107,25 +107,30 @@ class ChatService:
         remove_after: int | None = None,
         reason: str = "Event",
     ) -> None:
-        """Persist the session (and messages), then publish its transitions."""
+        """Persist the session (and messages) and publish its transitions, all submitted at
+        once so the store commits them together."""
         session.last_active_at = now_ms()
-        await self.sessions.update(
-            session, due_at=self.due_at(session), add=add, remove_after=remove_after
+        await asyncio.gather(
+            self.sessions.update(
+                session, due_at=self.due_at(session), add=add, remove_after=remove_after
+            ),
+            *(
+                self.ctx.bus.publish(
+                    "workflow_state_changed",
+                    {
+                        "instance_id": session.id,
+                        "workflow_name": "message-session",
+                        "from_state": from_state,
+                        "to_state": to_state,
+                        "event": event,
+                        "reason": reason,
+                    },
+                    source="workflow:message-session",
+                    delivery="at_least_once",
+                )
+                for from_state, to_state, event in moves
+            ),
         )
-        for from_state, to_state, event in moves:
-            await self.ctx.bus.publish(
-                "workflow_state_changed",
-                {
-                    "instance_id": session.id,
-                    "workflow_name": "message-session",
-                    "from_state": from_state,
-                    "to_state": to_state,
-                    "event": event,
-                    "reason": reason,
-                },
-                source="workflow:message-session",
-                delivery="at_least_once",
-            )
 
     async def session(self, session_id: str) -> Session:
         return await self.sessions.get(session_id)

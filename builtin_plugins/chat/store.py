@@ -297,6 +297,22 @@ class Sessions:
             params.append(limit)
         return [_message(r) for r in reversed(await self._store.fetchall(sql, params))]
 
+    async def recent(self, session_id: str, *, chars: int) -> list[Message]:
+        """The newest messages whose contents add up to at most ``chars`` characters, and at
+        least everything from the newest user message on, oldest first: what a turn's context
+        can use (http-api §11.3 step 2), read without loading a long session whole."""
+        rows = await self._store.fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM ("
+            f" SELECT {_MESSAGE_COLUMNS}, seq,"
+            "  SUM(LENGTH(content)) OVER (ORDER BY seq DESC) - LENGTH(content) AS newer"
+            "  FROM chat_messages WHERE session_id = ?)"
+            " WHERE newer <= ? OR seq >= (SELECT MAX(seq) FROM chat_messages"
+            "  WHERE session_id = ? AND role = 'user')"
+            " ORDER BY seq",
+            (session_id, chars, session_id),
+        )
+        return [_message(r) for r in rows]
+
     async def find(
         self, session_id: str, *, message_id: str | None = None, event_id: str | None = None
     ) -> tuple[int, Message]:

@@ -21,6 +21,7 @@ from sdk import (
     LlmRequest,
     NotFound,
     OutputPolicy,
+    OutputVerdict,
     SkillInfo,
     TextInput,
     ToolCall,
@@ -117,10 +118,10 @@ async def _think(
     llm = ctx.stash.get(LLM)
     if llm is None:
         raise TurnFailed("the llm plugin is not running", provider=descriptor.provider)
-    stored = await chat.sessions.messages(session.id)
+    budget = descriptor.max_context_tokens - descriptor.max_output_tokens
+    stored = await chat.sessions.recent(session.id, chars=budget * 4)
     skill = _slash_skill(chat, agent, stored)
     prompt, _ = system_prompt(ctx, descriptor, skill=skill)
-    budget = descriptor.max_context_tokens - descriptor.max_output_tokens
     messages = [
         ChatMessage(role="system", content=prompt),
         *context(stored, budget - tokens(prompt)),
@@ -213,23 +214,33 @@ async def _check_output(chat: ChatService, agent: Agent, session: Session, reply
         ),
         key=lambda p: p.order,
     )
+    if not policies:
+        return reply
     item = TextInput(text=reply, agent_id=agent.agent_id, session_id=session.id)
+    try:
+        async with asyncio.timeout(OUTPUT_CHECK_SEC):  # one worker thread for all the checks
+            found = await asyncio.to_thread(_first_verdict, policies, item)
+    except TimeoutError as exc:
+        raise TurnFailed("output checks timed out") from exc
+    if found is None:
+        return reply
+    await ctx.bus.publish(
+        "output_blocked",
+        {"agent_id": agent.agent_id, "session_id": session.id, "reason": found.reason},
+        source=f"agent:{agent.agent_id}",
+    )
+    return found.replacement
+
+
+def _first_verdict(policies: list[OutputPolicy], item: TextInput) -> OutputVerdict | None:
     for policy in policies:
         try:
-            async with asyncio.timeout(OUTPUT_CHECK_SEC):
-                verdict = await asyncio.to_thread(policy.check, item)
-        except TimeoutError as exc:
-            raise TurnFailed(f"output check {policy.name} timed out") from exc
-        except Exception as exc:
+            verdict = policy.check(item)
+        except Exception as exc:  # fail closed
             raise TurnFailed(f"output check {policy.name} failed: {exc}") from exc
         if verdict is not None:
-            await ctx.bus.publish(
-                "output_blocked",
-                {"agent_id": agent.agent_id, "session_id": session.id, "reason": verdict.reason},
-                source=f"agent:{agent.agent_id}",
-            )
-            return verdict.replacement
-    return reply
+            return verdict
+    return None
 
 
 async def _failed(chat: ChatService, agent: Agent, session: Session, exc: BaseException) -> None:

@@ -348,3 +348,22 @@ async def test_agents_follow_their_provider_plugin_and_live_config(env):
             break
         await asyncio.sleep(0.005)
     assert bob["descriptor"]["display_name"] == "Robert"
+
+
+async def test_the_context_keeps_the_newest_messages_within_the_budget(env):
+    status, _ = await answer(await env.client.post(
+        "/config/set", headers={"x-aman-confirm": "yes"},
+        json={"changes": {"agents.aman.max_context_tokens": 1000,
+                          "agents.aman.max_output_tokens": 16}}))
+    assert status == 200
+    sid = await env.create()
+    for n in range(6):
+        await env.send(sid, f"{n} " + "x" * 600)
+        await env.settled(sid, "IDLE", lambda s, n=n: s["message_count"] == 2 * (n + 1))
+    last = [r.body for r in env.server.requests if r.path.endswith("/chat/completions")][-1]
+    sent = last["messages"][1:]  # after the system prompt
+    assert sent[-1]["content"].startswith("5 ")
+    assert 1 < len(sent) < 11  # older messages were dropped, the newest ones kept in order
+    assert sum(len(m["content"]) for m in sent) / 4 <= 1000 - 16
+    firsts = [m["content"].split(" ", 1)[0] for m in sent if m["role"] == "user"]
+    assert firsts == sorted(firsts) and firsts[-1] == "5"
