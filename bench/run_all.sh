@@ -16,6 +16,7 @@ BENCHMARKS=(
   bench/sse_lag.py
   bench/skills.py
   bench/plugin_install.py
+  bench/chat_turns.py
 )
 
 status=0
