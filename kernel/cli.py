@@ -6,16 +6,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
 import os
 import signal
 import sys
+from http import HTTPStatus
 from pathlib import Path
 
+import h11
+import hypercorn.protocol
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Response as StreamResponse
+from hypercorn.protocol.h11 import H11Protocol
 
 from sdk import ConfigError
 
@@ -27,6 +35,77 @@ from .store import RuntimeLock
 __all__ = ["main"]
 
 log = logging.getLogger("aman")
+
+#: A request head (request line and headers) must arrive within this many seconds of the
+#: connection opening or of the previous response; the same limit closes idle keep-alive
+#: connections. A client that trickles its headers is disconnected (decided here).
+HEAD_TIMEOUT_SEC = 5.0
+#: A request head larger than this is answered 431 (decided here).
+MAX_HEAD_BYTES = 16 * 1024
+_PROTOCOL_ERRORS = {
+    400: "malformed HTTP request",
+    431: "request header fields too large",
+    501: "unsupported transfer encoding",
+}
+
+
+class _Http11(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol as http-api §1.1 and D4 want it.
+
+    - HTTP/1.1 only: an ``Upgrade`` (h2c, WebSocket) and the HTTP/2 preface are not acted on; the
+      request is served as plain HTTP/1.1 (RFC 9110 §7.8), so it passes the router's checks,
+      the token included, like any other.
+    - The errors Hypercorn answers itself, before the app sees a request (a malformed request
+      line, header or chunked body, a head over ``MAX_HEAD_BYTES``), are JSON like every other
+      error, not empty bodies. A request with both ``Content-Length`` and ``Transfer-Encoding``
+      is one of them.
+    - An answer given before the request body was read to its end (a 401, a 413) says
+      ``Connection: close``: the connection cannot be reused, and a client that is not told
+      would send its next request into a closing connection.
+    """
+
+    async def stream_send(self, event: StreamEvent) -> None:
+        if (
+            isinstance(event, StreamResponse)
+            and event.status_code >= 200
+            and self.connection.their_state is not h11.DONE
+            and all(name.lower() != b"connection" for name, _ in event.headers)
+        ):
+            event = dataclasses.replace(event, headers=[*event.headers, (b"connection", b"close")])
+        await super().stream_send(event)
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        """Never switch to HTTP/2 (an h2c upgrade, the prior-knowledge preface)."""
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        names = {name for name, _ in request.headers}
+        if {b"content-length", b"transfer-encoding"} <= names:
+            # Two framings: which one ends the body is what request smuggling plays on. Refused
+            # (RFC 9112 §6.3 allows it) and the connection closed.
+            await self._send_error_response(400)
+            await self.send(Closed())
+            return
+        plain = h11.Request(
+            method=request.method,
+            target=request.target,
+            headers=[(k, v) for k, v in request.headers if k != b"upgrade"],
+            http_version=request.http_version,
+        )
+        await super()._create_stream(plain)
+
+    async def _send_error_response(self, status_code: int) -> None:
+        message = _PROTOCOL_ERRORS.get(status_code) or HTTPStatus(status_code).phrase.lower()
+        body = json.dumps({"error": message}).encode()
+        headers = [
+            (b"content-type", b"application/json; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            (b"connection", b"close"),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,6 +206,11 @@ async def _serve(app: KernelApp, kernel: Kernel) -> int:
     config.bind = [bind]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.keep_alive_timeout = HEAD_TIMEOUT_SEC
+    config.h11_max_incomplete_size = MAX_HEAD_BYTES
+    # No ``read_timeout``: it would also cut event streams and requests whose answer takes
+    # long, as their clients send nothing meanwhile. Bodies have their own deadline (router).
+    hypercorn.protocol.H11Protocol = _Http11  # type: ignore[attr-defined] # the one it builds
     # Requests still running when the server stops may finish within the drain timeout (§1.7).
     config.graceful_timeout = kernel.config.get("runtime.drain_timeout_sec")
     stop = asyncio.Event()

@@ -52,6 +52,13 @@ if TYPE_CHECKING:
 __all__ = ["Endpoint", "Router"]
 
 log = logging.getLogger("aman.http")
+#: A request body must start arriving within this many seconds and then keep a minimum rate: the
+#: deadline moves one second later per ``BODY_MIN_RATE`` bytes received. A client that trickles
+#: its body, or announces one and never sends it, is answered 408 instead of holding a
+#: connection and a handler forever (decided here; Hypercorn's own read timeout would also cut
+#: idle event streams and long requests, so the limit lives where the body is read).
+BODY_GRACE_SEC = 10.0
+BODY_MIN_RATE = 16 * 1024  # bytes per second
 _PARAM = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)\}")
 _INJECTABLE = frozenset({"ctx", "body", "query", "request", "operator", "audit"})
 _JSON = "application/json; charset=utf-8"
@@ -177,11 +184,15 @@ class Router:
         started = time.perf_counter()
         table, endpoints = self._table
         raw_path = req.scope.get("raw_path", b"").decode("latin-1").split("?", 1)[0] or req.path
+        headers = _headers(req)
         ep: Endpoint | None = None
         audit: AuditNote | None = None
         outcome, detail = "ok", ""
         try:
-            if "//" in raw_path:
+            # Only an origin-form target is routed, matched as sent (http-api §1.1 "matched
+            # exactly"): no empty segments, no absolute-form (``http://host/x``), no ``*``, no
+            # path without its leading ``/`` (werkzeug would add one).
+            if not raw_path.startswith("/") or "//" in raw_path:
                 raise NotFound()
             name, raw_params = table.match(raw_path, req.method)
             if raw_params and (methods := self._static.get(raw_path)) is not None:
@@ -190,7 +201,7 @@ class Router:
             params = {k: unquote(v) for k, v in raw_params.items()}
             if ep.route.audit:
                 audit = AuditNote(target=(ep.route.target or "").format(**params))
-            response = await self._serve(req, ep, params, audit)
+            response = await self._serve(req, headers, ep, params, audit)
         except _Refused as refused:
             outcome, detail = refused.outcome, refused.detail
             response, _ = self._error(refused.error)
@@ -200,16 +211,20 @@ class Router:
         if response.status == 401:
             self._kernel.metrics.auth_failures.inc()  # the kernel's and the handlers' alike
         elif audit is not None:
-            await self._audit(req, ep, audit, outcome, detail)
+            await self._audit(headers, ep, audit, outcome, detail)
         if req.method == "HEAD" and not isinstance(response.body, bytes | str):
             await _close(response.body)  # a stream that is never sent releases what it holds
         return self._finish(req, ep, response, started)
 
     async def _serve(
-        self, req: quart.Request, ep: Endpoint, params: dict[str, str], audit: AuditNote | None
+        self,
+        req: quart.Request,
+        headers: dict[str, str],
+        ep: Endpoint,
+        params: dict[str, str],
+        audit: AuditNote | None,
     ) -> Response:
         kernel, route = self._kernel, ep.route
-        headers = {k.lower(): v for k, v in req.headers.items()}
         if not ep.public and not token_ok(headers, kernel.config.get("http.token")):
             raise Unauthorized("missing or invalid API token")
         if route.confirm and not confirmed(headers):
@@ -299,6 +314,8 @@ class Router:
         if isinstance(exc, _PluginFailure):
             status, body = 500, {"error": str(exc)}
             headers: dict[str, str] = {}
+        elif isinstance(exc, _BodyTimeout):
+            status, body, headers = 408, {"error": str(exc)}, {"Connection": "close"}
         else:
             if isinstance(exc, RequestEntityTooLarge):
                 exc = TooLarge("request body too large")
@@ -310,10 +327,14 @@ class Router:
         return response, detail
 
     async def _audit(
-        self, req: quart.Request, ep: Endpoint | None, note: AuditNote, outcome: str, detail: str
+        self,
+        headers: dict[str, str],
+        ep: Endpoint | None,
+        note: AuditNote,
+        outcome: str,
+        detail: str,
     ) -> None:
         assert ep is not None and ep.route.audit is not None
-        headers = {k.lower(): v for k, v in req.headers.items()}
         await self._kernel.audit.record(
             operator=operator_from(headers),
             action=ep.route.audit,
@@ -327,12 +348,14 @@ class Router:
         self, req: quart.Request, ep: Endpoint | None, response: Response, started: float
     ) -> quart.Response:
         body = response.body.encode() if isinstance(response.body, str) else response.body
-        streamed = not isinstance(body, bytes)
-        if req.method == "HEAD":
-            body = b""
-        out = quart.Response(body, status=response.status, content_type=response.content_type)
-        if streamed:
+        head = req.method == "HEAD"
+        out = quart.Response(
+            b"" if head else body, status=response.status, content_type=response.content_type
+        )
+        if not isinstance(body, bytes):
             out.timeout = None  # a stream stays open as long as it yields (design §3)
+        elif head:
+            out.content_length = len(body)  # the headers GET would send (http-api §1.1)
         for key, value in response.headers.items():
             out.headers[key] = value
         out.headers.setdefault("Cache-Control", "no-store")
@@ -360,19 +383,42 @@ class _PluginFailure(Exception):
     """A plugin route raised something that is not an SDK error, or timed out (http-api §24)."""
 
 
+class _BodyTimeout(Exception):
+    """The request body did not arrive in time (408, see ``BODY_GRACE_SEC``)."""
+
+
+def _headers(req: quart.Request) -> dict[str, str]:
+    """The request's headers by lower-case name, values decoded as UTF-8 (http-api §1.2 compares
+    the token on UTF-8 bytes; invalid bytes become U+FFFD). A field sent more than once is
+    combined into one value joined by ``", "`` (RFC 9110 §5.3), so a second ``Authorization`` or
+    ``x-aman-token`` can never replace the first: the combination is no valid token (D5)."""
+    out: dict[str, str] = {}
+    for name, value in req.headers.items():
+        key = name.lower()
+        text = value if value.isascii() else value.encode("latin-1").decode("utf-8", "replace")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
 async def _read_body(req: quart.Request, limit: int) -> bytes:
-    """Read the body, stopping at ``limit`` bytes, for Content-Length and chunked uploads alike."""
+    """Read the body, stopping at ``limit`` bytes, for Content-Length and chunked uploads alike,
+    within the deadline of ``BODY_GRACE_SEC`` and ``BODY_MIN_RATE``."""
     too_large = TooLarge(f"request body too large (limit {limit} bytes)")
     if req.content_length is not None and req.content_length > limit:
         raise too_large
     data = bytearray()
+    grace_end = asyncio.get_running_loop().time() + BODY_GRACE_SEC
     try:
-        async for chunk in req.body:
-            data += chunk
-            if len(data) > limit:
-                raise too_large
+        async with asyncio.timeout_at(grace_end) as deadline:
+            async for chunk in req.body:
+                data += chunk
+                if len(data) > limit:
+                    raise too_large
+                deadline.reschedule(grace_end + len(data) / BODY_MIN_RATE)
     except RequestEntityTooLarge:
         raise too_large from None
+    except TimeoutError:
+        raise _BodyTimeout("request body not received in time") from None
     return bytes(data)
 
 

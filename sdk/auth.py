@@ -10,7 +10,9 @@ __all__ = ["presented_token", "token_matches"]
 
 
 def presented_token(headers: Mapping[str, str], query_token: str | None = None) -> str | None:
-    """The token a request presents, or None. ``headers`` have lower-case names.
+    """The token a request presents, or None. ``headers`` have lower-case names and a field sent
+    more than once combined into one value (RFC 9110 §5.3), as the kernel's router passes them:
+    two ``Authorization`` headers then make one value that is no valid token.
 
     The ``Authorization`` value is trimmed; only the case-sensitive ``Bearer `` scheme counts.
     ``x-aman-token`` (then ``query_token``) is consulted only when no Bearer value was found, so a
