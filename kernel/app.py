@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -32,10 +33,11 @@ from .bus import EventBus, PluginBus
 from .config import Config, _is_secret
 from .convert import converter
 from .dead_letters import DeadLetters
-from .hooks import HookFailed, Hooks, new_manager
+from .errors import error_body
+from .hooks import HookFailed, Hooks, PluginThreads, new_manager
 from .ids import now_ms
 from .lifecycle import Lifecycle
-from .metrics import KernelMetrics
+from .metrics import KernelMetrics, LoopWatch
 from .plugins import PluginManager
 from .router import Router
 from .sources import PluginSources, SourceRegistry
@@ -70,15 +72,20 @@ class Kernel:
         self.version = __version__
         self.config = config
         self.metrics = KernelMetrics()
+        self.loop_watch = LoopWatch(self.metrics)
         self.converter = converter
         self.stash = Stash()
         self.store = SqliteStore()
+        self.store.on_full = self._storage_full
         self.audit = SqliteAudit(self.store, lambda: config.get("audit.max_records"))
         self.dead_letters = DeadLetters(self.store, config.get)
-        self.bus = EventBus(config, self.metrics.registry, self.store, self.dead_letters)
+        threads = PluginThreads()
+        self.bus = EventBus(
+            config, self.metrics.registry, self.store, self.dead_letters, threads=threads
+        )
         self.bus.audit = self._system_audit
         self.sources = SourceRegistry(self.bus, self.store)
-        self.plugins = PluginManager(self, Hooks(new_manager(), self.metrics))
+        self.plugins = PluginManager(self, Hooks(new_manager(), self.metrics, threads))
         self.router = Router(self)
         self.lifecycle = Lifecycle(self)
         self.plugins.on_routes_changed = self.rebuild_routes
@@ -87,6 +94,7 @@ class Kernel:
         config.on_change = self._config_changed
         self.boot_task: asyncio.Task[None] | None = None
         self.composed = False
+        self._background: set[asyncio.Future[Any]] = set()
 
     @property
     def runtime_dir(self) -> Path:
@@ -125,7 +133,9 @@ class Kernel:
     async def open_storage(self) -> None:
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         await self.store.open(
-            self.runtime_dir / "aman.db", synchronous=self.config.get("storage.synchronous")
+            self.runtime_dir / "aman.db",
+            synchronous=self.config.get("storage.synchronous"),
+            max_bytes=self.config.get("storage.max_db_bytes"),
         )
         await self.store.migrate("kernel.audit", audit_module.MIGRATIONS)
         await self.store.migrate("kernel.plugins", plugins_module.MIGRATIONS)
@@ -146,6 +156,25 @@ class Kernel:
         await self.plugins.load_installed()
         await self.plugins.start_all()
         self.bus.start()
+
+    def _storage_full(self, full: bool, error: str) -> None:
+        """The store ran out of space, or has room again: log, gauge and event
+        (``storage:full``, ``storage:recovered``; decided here, see docs/decisions.md)."""
+        self.metrics.storage_full.set(1 if full else 0)
+        if full:
+            log.error("storage is full (%s): writes answer 503 until there is room", error)
+        else:
+            log.warning("storage has room again: writes resume")
+        payload = {"error": error, "max_db_bytes": self.config.get("storage.max_db_bytes")}
+        event_type = "storage:full" if full else "storage:recovered"
+        task = asyncio.ensure_future(self.bus.publish(event_type, payload, source="storage"))
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("could not publish a storage event: %s", exc)
 
     async def _system_audit(self, action: str, target: str, detail: str) -> None:
         await self.audit.record(
@@ -176,6 +205,12 @@ class Kernel:
     ) -> None:
         """Record a ``/config/set``, publish ``config_changed`` and tell the owning plugins."""
         ts = now_ms()
+        # A new storage cap applies after the change is logged, or first when the store is
+        # full: then the log needs the room it gives.
+        cap = "storage.max_db_bytes" in change.applied
+        if cap and self.store.full:
+            await self.store.set_max_bytes(self.config.get("storage.max_db_bytes"))
+            cap = False
 
         def shown(key: str, value: Any) -> str | None:
             if value is None:
@@ -200,6 +235,8 @@ class Kernel:
             source="config",
             delivery="at_least_once",
         )
+        if cap:
+            await self.store.set_max_bytes(self.config.get("storage.max_db_bytes"))
         owners: dict[str, dict[str, Any]] = {}
         for key in change.applied:
             owner = self.config.owner(key)
@@ -285,6 +322,7 @@ def create_app(kernel: Kernel) -> KernelApp:
 
     @app.before_serving
     async def _boot() -> None:
+        kernel.loop_watch.start()
         if kernel.config.get("runtime.autostart"):
             kernel.boot_task = asyncio.get_running_loop().create_task(kernel.lifecycle.start())
 
@@ -292,5 +330,15 @@ def create_app(kernel: Kernel) -> KernelApp:
     async def _halt() -> None:
         await kernel.lifecycle.shutdown()
         await kernel.persist_early_audit()
+        await kernel.loop_watch.stop()
+
+    @app.errorhandler(Exception)
+    async def _escaped(exc: Exception) -> quart.Response:
+        """An error the router did not answer (its audit record could not be written: the
+        storage is full) is still the JSON error of contract D4, not Quart's HTML page."""
+        status, body, headers = error_body(exc)
+        return quart.Response(
+            json.dumps(body), status=status, headers=headers, content_type="application/json"
+        )
 
     return app

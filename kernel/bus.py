@@ -48,6 +48,7 @@ from sdk import (
 )
 
 from .convert import converter
+from .hooks import PluginThreads
 from .ids import now_ms, uuid7
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ _RANK = {name: rank for rank, name in enumerate(LEVELS)}
 _PROTECTED = ("config_changed", "secret_rotated", "injection_detected")
 _TRACE_MAX = 500
 _PRUNE_EVERY = 512
+_TIMED_OUT = "TimeoutError: handler timed out"
 
 MIGRATIONS = [
     Migration(
@@ -158,6 +160,7 @@ class _Subscriber:
         self.name, self.plugin, self.spec = name, plugin, spec
         self.queues: dict[str, deque[tuple[_Flight, int]]] = {p: deque() for p in PRIORITIES}
         self.wake = asyncio.Event()
+        self.is_async = inspect.iscoroutinefunction(spec.handler)
         self.task: asyncio.Task[None] | None = None
         self.busy = False
         self.since = 0.0  # when the running call started (loop time)
@@ -260,9 +263,11 @@ class EventBus:
         registry: CollectorRegistry,
         store: SqliteStore,
         dead_letters: DeadLetters,
+        threads: PluginThreads | None = None,
     ) -> None:
         self._config = config
         self._store = store
+        self._threads = threads or PluginThreads()
         self.dead_letters = dead_letters
         self._queues: dict[str, deque[_Flight]] = {p: deque() for p in PRIORITIES}
         self._overflow: list[_Flight] = []
@@ -281,7 +286,9 @@ class EventBus:
         self._background: set[asyncio.Future[Any]] = set()
         self._recorded = 0
         self._level = "Normal"
+        self._level_audited = "Normal"
         self._level_audited_at = 0.0
+        self._level_timer: asyncio.TimerHandle | None = None
         self._discards: dict[tuple[str, str], list[Any]] = {}
         self.observers: list[Callable[[Event], None]] = []
         self.on_failure: Callable[[str], None] = lambda plugin: None
@@ -329,11 +336,23 @@ class EventBus:
             level = "Normal"
         if level != self._level:
             self._level = level
-            now = time.monotonic()
-            if now - self._level_audited_at >= 1:
-                self._level_audited_at = now
-                self._audit("backpressure.apply", "sources", level)
+            self._level_changed()
         return level
+
+    def _level_changed(self) -> None:
+        """Audit a level change at most once a second (http-api §1.8); a change within the
+        second is audited at its end, so the log always ends with the level in force."""
+        wait = self._level_audited_at + 1 - time.monotonic()
+        if wait <= 0:
+            self._audit_level()
+        elif self._level_timer is None:
+            self._level_timer = asyncio.get_running_loop().call_later(wait, self._audit_level)
+
+    def _audit_level(self) -> None:
+        self._level_timer = None
+        if self._level != self._level_audited:
+            self._level_audited, self._level_audited_at = self._level, time.monotonic()
+            self._audit("backpressure.apply", "sources", self._level)
 
     def _overflow_full(self) -> bool:
         cap: int = self._config.get("event_bus.overflow_max_events")
@@ -552,7 +571,12 @@ class EventBus:
                 )
             )
 
-            await self._commit_durable(ops)
+            try:
+                await self._commit_durable(ops)
+            except Exception:  # not stored, so not accepted: its key may be used again
+                if remember and key is not None and self._dedup.get(key, ("",))[0] == event.id:
+                    del self._dedup[key]
+                raise
         elif self._store.is_open:
             self._behind.record(
                 (event.id, event.metadata.trace_id, event.event_type, event.source, body)
@@ -748,11 +772,6 @@ class EventBus:
         return any(limit is not None and age > limit for limit in (meta.ttl_ms, meta.lifespan_ms))
 
     async def _work(self, sub: _Subscriber) -> None:
-        handler = sub.spec.handler
-        is_async = inspect.iscoroutinefunction(handler)
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
         while sub.active:
             item = sub.take()
             if item is None:
@@ -760,40 +779,66 @@ class EventBus:
                 await sub.wake.wait()
                 continue
             flight, attempt = item
-            if attempt == 1:
-                self._started(flight)
-            if flight.expired or sub.name not in flight.open:
-                continue
-            event = flight.event
-            if self._is_expired(event):
-                await self._expire(flight)
-                continue
-            if event.delivery == "exactly_once" and flight.persist:
-                await self._store.write(_sql(_MARK, event.id, sub.name, "started"))
-            sub.busy, sub.since = True, loop.time()
             try:
-                if is_async:
-                    await handler(event)  # type: ignore[misc]  # an async def: awaitable
-                else:
-                    result = await asyncio.to_thread(handler, event)
-                    if inspect.isawaitable(result):
-                        await result
-            except asyncio.CancelledError:
-                if not sub.active:
-                    raise
-                task.uncancel()  # cut short by the watchdog (or a stray cancel): a failure
-                reason = "TimeoutError: handler timed out" if sub.timed_out else "cancelled"
-                sub.timed_out = False
-                await self._failed(flight, sub, attempt, reason)
-            except Exception as exc:  # noqa: BLE001 - isolated per subscriber
-                await self._failed(flight, sub, attempt, f"{type(exc).__name__}: {exc}")
+                await self._deliver(sub, flight, attempt)
+            except Exception:  # the store refused its bookkeeping (disk full)
+                # A guaranteed event keeps its outbox row: it is delivered again at the next
+                # start. The subscriber goes on with the next event.
+                log.exception(
+                    "subscriber %s: event %s could not be settled", sub.name, flight.event.id
+                )
+
+    async def _deliver(self, sub: _Subscriber, flight: _Flight, attempt: int) -> None:
+        if attempt == 1:
+            self._started(flight)
+        if flight.expired or sub.name not in flight.open:
+            return
+        event = flight.event
+        if self._is_expired(event):
+            await self._expire(flight)
+            return
+        if event.delivery == "exactly_once" and flight.persist:
+            await self._store.write(_sql(_MARK, event.id, sub.name, "started"))
+        error = await self._call(sub, event)
+        if error is not None:
+            await self._failed(flight, sub, attempt, error)
+            return
+        self.on_success(sub.plugin)
+        if flight.persist:
+            self._behind.add(_sql(_MARK, event.id, sub.name, "done"))
+        await self._finish_for_async(flight, sub.name)
+
+    async def _call(self, sub: _Subscriber, event: Event) -> str | None:
+        """Run the subscriber's handler on ``event``; the reason it failed, or None. A sync
+        handler runs in a thread of its plugin, so it never blocks the loop; an async one that
+        blocks the loop past the limit cannot be cut short, but counts as timed out."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        handler = sub.spec.handler
+        sub.busy, sub.since = True, loop.time()
+        try:
+            if sub.is_async:
+                await handler(event)  # type: ignore[misc]  # an async def: awaitable
             else:
-                self.on_success(sub.plugin)
-                if flight.persist:
-                    self._behind.add(_sql(_MARK, event.id, sub.name, "done"))
-                await self._finish_for_async(flight, sub.name)
-            finally:
-                sub.busy = False
+                result = await self._threads.run(sub.plugin, handler, event)
+                if inspect.isawaitable(result):
+                    await result
+        except asyncio.CancelledError:
+            if not sub.active:
+                raise
+            task.uncancel()  # cut short by the watchdog (or a stray cancel): a failure
+            return _TIMED_OUT if sub.timed_out else "cancelled"
+        except Exception as exc:  # noqa: BLE001 - isolated per subscriber
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            sub.busy = False
+            if sub.timed_out and task.cancelling():  # the handler swallowed the cancel
+                task.uncancel()
+            sub.timed_out = False
+        if loop.time() - sub.since > self._config.get("event_bus.handler_timeout_ms") / 1000:
+            return _TIMED_OUT
+        return None
 
     async def _failed(self, flight: _Flight, sub: _Subscriber, attempt: int, error: str) -> None:
         self._failures.labels(subscriber=sub.name).inc()
@@ -1089,6 +1134,9 @@ class EventBus:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
+        if self._level_timer is not None:
+            self._level_timer.cancel()
+            self._level_timer = None
         for handle in self._retry_handles:
             handle.cancel()
         self._retry_handles.clear()

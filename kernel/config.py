@@ -52,6 +52,14 @@ KERNEL_KEYS: list[ConfigKey] = [
         choices=("full", "normal"),
     ),
     _K(
+        name="storage.max_db_bytes",
+        type=int,
+        default=0,
+        minimum=0,
+        maximum=2**48,
+        doc="Cap on the database file in bytes (0: none); a write past it answers 503.",
+    ),
+    _K(
         name="event_bus.mode",
         type=str,
         default="persistent",

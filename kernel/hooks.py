@@ -4,16 +4,21 @@ Hooks are called plugin by plugin, so the kernel knows who contributed each rout
 key, and so that one plugin's failure never reaches another. Registration hooks
 (``register_*``) are sync and called directly; notification hooks (``on_*``, ``health_check``)
 are awaited with a time limit: an ``async def`` implementation runs on the event loop, a sync one
-in a worker thread, so that neither can stall the loop beyond its limit.
+in one of the plugin's own worker threads (:class:`PluginThreads`), so that neither can stall
+the loop beyond its limit. An ``async def`` that blocks the loop cannot be cut short; once it
+returns past its limit it counts as timed out all the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -21,17 +26,71 @@ import sdk.hookspecs
 
 from .metrics import KernelMetrics
 
-__all__ = ["HookFailed", "Hooks", "declared"]
+__all__ = ["THREADS_PER_PLUGIN", "HookFailed", "Hooks", "PluginThreads", "declared"]
 
 log = logging.getLogger("aman.plugins")
+T = TypeVar("T")
+
+#: Sync calls of one plugin running at once; more wait for a free thread (within their limit).
+THREADS_PER_PLUGIN = 8
 
 
 class HookFailed(Exception):
     """A plugin's hook raised or timed out; ``str()`` is the reason."""
 
-    def __init__(self, plugin: str, hook: str, reason: str) -> None:
+    def __init__(self, plugin: str, hook: str, reason: str, *, timed_out: bool = False) -> None:
         super().__init__(reason)
-        self.plugin, self.hook, self.reason = plugin, hook, reason
+        self.plugin, self.hook, self.reason, self.timed_out = plugin, hook, reason, timed_out
+
+
+class PluginThreads:
+    """Where plugins' sync code runs: each call in a daemon thread of its own, at most
+    :data:`THREADS_PER_PLUGIN` per plugin at once.
+
+    A call that outlives its time limit keeps its thread (Python cannot stop a thread) and its
+    plugin's slot until it returns, so a plugin that hangs uses up only its own slots, never
+    the threads other plugins or the kernel need; and, being a daemon, it never holds up the
+    process's exit (a default-executor thread would).
+    """
+
+    def __init__(self, per_plugin: int = THREADS_PER_PLUGIN) -> None:
+        self._per_plugin = per_plugin
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    async def run(self, plugin: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a thread of ``plugin``; cancelling the wait leaves the
+        thread to finish on its own."""
+        slots = self._slots.setdefault(plugin, asyncio.Semaphore(self._per_plugin))
+        await slots.acquire()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            slots.release()
+            if future.done():  # the caller gave up (a time limit)
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def work() -> None:
+            try:
+                outcome: tuple[Any, BaseException | None] = (context.run(fn, *args, **kwargs), None)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                outcome = (None, exc)
+            except BaseException as exc:  # noqa: BLE001 - a SystemExit ends the call, not the server
+                outcome = (None, RuntimeError(f"{type(exc).__name__} raised in a plugin thread"))
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, *outcome)
+
+        try:
+            threading.Thread(target=work, name=f"aman-plugin-{plugin}", daemon=True).start()
+        except BaseException:
+            slots.release()
+            raise
+        return await future
 
 
 def new_manager() -> pluggy.PluginManager:
@@ -61,9 +120,12 @@ def _call(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
 
 
 class Hooks:
-    def __init__(self, pm: pluggy.PluginManager, metrics: KernelMetrics) -> None:
+    def __init__(
+        self, pm: pluggy.PluginManager, metrics: KernelMetrics, threads: PluginThreads | None = None
+    ) -> None:
         self.pm = pm
         self._metrics = metrics
+        self.threads = threads or PluginThreads()
         self.on_error: Callable[[str, str], None] | None = None
 
     def _impls(self, hook: str, plugin: str) -> list[Callable[..., Any]]:
@@ -97,27 +159,38 @@ class Hooks:
     async def call(self, hook: str, plugin: str, *, timeout: float, **kwargs: Any) -> Any:
         """Call one plugin's implementation of a notification hook; raise :class:`HookFailed`."""
         result = None
+        loop = asyncio.get_running_loop()
         for fn in self._impls(hook, plugin):
+            started = loop.time()
             try:
                 async with asyncio.timeout(timeout):
                     if inspect.iscoroutinefunction(fn):
                         result = await _call(fn, kwargs)
                     else:
-                        result = await asyncio.to_thread(_call, fn, kwargs)
+                        result = await self.threads.run(plugin, _call, fn, kwargs)
                         if inspect.isawaitable(result):
                             result = await result
+                if loop.time() - started > timeout:  # it blocked the loop past its limit
+                    raise TimeoutError
             except TimeoutError:
-                raise self.failed(plugin, hook, f"{hook} timed out after {timeout:g} s") from None
+                reason = f"{hook} timed out after {timeout:g} s"
+                raise self.failed(plugin, hook, reason, timed_out=True) from None
             except Exception as exc:  # noqa: BLE001 - isolated: counted, logged, reported
                 raise self.failed(plugin, hook, f"{type(exc).__name__}: {exc}", exc) from None
         return result
 
     def failed(
-        self, plugin: str, hook: str, reason: str, exc: BaseException | None = None
+        self,
+        plugin: str,
+        hook: str,
+        reason: str,
+        exc: BaseException | None = None,
+        *,
+        timed_out: bool = False,
     ) -> HookFailed:
         """Count and log a hook failure and return the exception to raise."""
         self._metrics.hook_errors.labels(plugin=plugin, hook=hook).inc()
         log.error("plugin %s: %s failed: %s", plugin, hook, reason, exc_info=exc)
         if self.on_error is not None:
             self.on_error(plugin, hook)
-        return HookFailed(plugin, hook, reason)
+        return HookFailed(plugin, hook, reason, timed_out=timed_out)

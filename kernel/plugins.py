@@ -46,6 +46,7 @@ from sdk import (
     SdkError,
     Unrecoverable,
 )
+from sdk.services import ServedRoute
 
 from . import installer
 from .hooks import HookFailed, Hooks
@@ -92,6 +93,7 @@ BUILTINS: tuple[tuple[str, str, bool], ...] = (
     ("explore", "builtin_plugins.explore", True),
     ("sources", "builtin_plugins.sources", True),
     ("ui", "builtin_plugins.ui", True),
+    ("openapi", "builtin_plugins.openapi", True),
 )
 ESSENTIAL = frozenset(name for name, _, essential in BUILTINS if essential)
 #: Names an installed plugin cannot take: the built-ins here and those http-api §7 lists.
@@ -118,6 +120,12 @@ MIGRATIONS = [
             name TEXT PRIMARY KEY, version TEXT NOT NULL, sha256 TEXT NOT NULL,
             installed_at_ms INTEGER NOT NULL, enabled INTEGER NOT NULL, manifest TEXT NOT NULL
         );
+        """,
+    ),
+    Migration(
+        version=3,
+        sql="""
+        ALTER TABLE plugin_state ADD COLUMN shutdown_timeouts INTEGER NOT NULL DEFAULT 0;
         """,
     ),
 ]
@@ -173,6 +181,7 @@ class Plugin:
     handlers: list[EventHandler] = field(factory=list)
     collectors: list[Any] = field(factory=list)
     failures: int = 0
+    shutdown_timeouts: int = 0  # on_shutdown timeouts in a row, across restarts (http-api §7)
     keys_declared: bool = False
     contributed: dict[str, list[Any]] = field(factory=dict)
     ctx: PluginContext | None = None
@@ -236,6 +245,7 @@ class PluginManager:
         self.records: dict[str, Plugin] = {}
         self._lock = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
+        self._quarantines: set[asyncio.Task[None]] = set()
         self.on_routes_changed: Callable[[], None] = lambda: None
         hooks.on_error = self.note_failure
 
@@ -360,12 +370,15 @@ class PluginManager:
 
     async def restore_state(self) -> None:
         """Phase 1: apply the persisted enabled flags (http-api §7: the state survives restarts)."""
-        rows = await self._kernel.store.fetchall("SELECT name, enabled, unstable FROM plugin_state")
+        rows = await self._kernel.store.fetchall(
+            "SELECT name, enabled, unstable, shutdown_timeouts FROM plugin_state"
+        )
         for row in rows:
             rec = self.records.get(row["name"])
             if rec is None or rec.essential:
                 continue
             rec.enabled, rec.unstable = bool(row["enabled"]), bool(row["unstable"])
+            rec.shutdown_timeouts = row["shutdown_timeouts"]
             if not rec.enabled and rec.loaded:
                 self._unload(rec)
 
@@ -475,9 +488,25 @@ class PluginManager:
         self._kernel.bus.unsubscribe(rec.name)
         rec.contributed.clear()
         timeout = self._kernel.config.get("plugins.unload_timeout_sec")
-        with contextlib.suppress(HookFailed):  # logged and counted; the plugin is removed anyway
+        timed_out = False
+        try:
             await self.hooks.call("on_shutdown", rec.name, ctx=rec.ctx, timeout=timeout)
+        except HookFailed as exc:  # logged and counted; the plugin is removed anyway
+            timed_out = exc.timed_out
         rec.state = "disabled"
+        await self._count_shutdown(rec, timed_out)
+
+    async def _count_shutdown(self, rec: Plugin, timed_out: bool) -> None:
+        """Count ``on_shutdown`` timeouts in a row, persisted (they happen once per stop); at
+        ``plugins.quarantine_after_failures`` the plugin is quarantined (http-api §7)."""
+        if rec.essential or (not timed_out and not rec.shutdown_timeouts):
+            return
+        rec.shutdown_timeouts = rec.shutdown_timeouts + 1 if timed_out else 0
+        await self._persist(rec, enabled=rec.enabled, unstable=rec.unstable)
+        limit = self._kernel.config.get("plugins.quarantine_after_failures")
+        if rec.shutdown_timeouts >= limit:
+            error = f"quarantined after {rec.shutdown_timeouts} on_shutdown timeouts in a row"
+            await self._mark_unstable(rec, error)
 
     async def _health(self, rec: Plugin) -> Health:
         try:
@@ -512,39 +541,43 @@ class PluginManager:
         limit = self._kernel.config.get("plugins.quarantine_after_failures")
         if rec.failures >= limit and rec.state == "running" and not rec.essential:
             self._kernel.bus.unsubscribe(rec.name)  # no further deliveries, from this moment
-            asyncio.get_running_loop().create_task(self._quarantine(rec, hook))
+            task = asyncio.get_running_loop().create_task(
+                self._quarantine(rec, f"{rec.failures} failures in a row (last: {hook})")
+            )
+            self._quarantines.add(task)
+            task.add_done_callback(self._quarantines.discard)
 
     def note_success(self, plugin: str) -> None:
         if (rec := self.records.get(plugin)) is not None:
             rec.failures = 0
 
-    async def _quarantine(self, rec: Plugin, hook: str) -> None:
+    async def _quarantine(self, rec: Plugin, why: str) -> None:
         async with self._lock:
             if rec.state != "running":
                 return
-            log.error(
-                "plugin %s quarantined after %d failures in a row (last: %s)",
-                rec.name,
-                rec.failures,
-                hook,
-            )
+            log.error("plugin %s quarantined after %s", rec.name, why)
             await self._stop(rec)
             self._unload(rec)
-            error = f"quarantined after {rec.failures} failures in a row (last: {hook})"
-            await self._persist(rec, enabled=False, unstable=True)
-            await self._kernel.audit.record(
-                operator="system",
-                action="plugin.quarantine",
-                target=f"plugin:{rec.name}",
-                outcome="quarantined",
-                detail=error,
-            )
-            rec.enabled, rec.unstable, rec.error = False, True, error
-            await self._kernel.publish_system(
-                "plugin:quarantined",
-                {"name": rec.name, "version": rec.version},
-                source="plugin-manager",
-            )
+            await self._mark_unstable(rec, f"quarantined after {why}")
+
+    async def _mark_unstable(self, rec: Plugin, error: str) -> None:
+        """Quarantine a stopped plugin: ``unstable``, disabled, persisted, audited, published."""
+        if rec.unstable:
+            return
+        await self._persist(rec, enabled=False, unstable=True)
+        await self._kernel.audit.record(
+            operator="system",
+            action="plugin.quarantine",
+            target=f"plugin:{rec.name}",
+            outcome="quarantined",
+            detail=error,
+        )
+        rec.enabled, rec.unstable, rec.error = False, True, error
+        await self._kernel.publish_system(
+            "plugin:quarantined",
+            {"name": rec.name, "version": rec.version},
+            source="plugin-manager",
+        )
 
     # --- the service (http-api §7) ---------------------------------------------------------
 
@@ -568,6 +601,8 @@ class PluginManager:
                 await self._start(rec)
             except HookFailed as exc:
                 raise Unrecoverable(f"plugin failed to start: {exc.reason}") from None
+            if rec.unstable:  # the quarantine ends: its count starts again
+                rec.shutdown_timeouts = 0
             await self._persist(rec, enabled=True)
             rec.enabled, rec.unstable = True, False
             self.on_routes_changed()
@@ -585,7 +620,7 @@ class PluginManager:
                 return PluginChange(ok=True, name=name, state=rec.state, changed=False)
             await self._stop(rec)
             self._unload(rec)
-            await self._persist(rec, enabled=False)
+            await self._persist(rec, enabled=False, unstable=rec.unstable)
             rec.enabled = False
         await self._kernel.publish_system(
             "plugin:disabled", {"name": name, "version": rec.version}, source="plugin-manager"
@@ -595,9 +630,10 @@ class PluginManager:
     async def _persist(self, rec: Plugin, *, enabled: bool, unstable: bool = False) -> None:
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO plugin_state (name, enabled, unstable) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled, unstable = excluded.unstable",
-                (rec.name, int(enabled), int(unstable)),
+                "INSERT INTO plugin_state (name, enabled, unstable, shutdown_timeouts)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET enabled = excluded.enabled,"
+                " unstable = excluded.unstable, shutdown_timeouts = excluded.shutdown_timeouts",
+                (rec.name, int(enabled), int(unstable), rec.shutdown_timeouts),
             )
             conn.execute(
                 "UPDATE plugin_registry SET enabled = ? WHERE name = ?", (int(enabled), rec.name)
@@ -628,8 +664,9 @@ class PluginManager:
             installer.remove_tree(staging)
             staging.mkdir(mode=0o700)
         rows = await self._kernel.store.fetchall(
-            "SELECT r.name, r.version, r.sha256, r.installed_at_ms, s.enabled, s.unstable"
-            " FROM plugin_registry r LEFT JOIN plugin_state s ON s.name = r.name ORDER BY r.rowid"
+            "SELECT r.name, r.version, r.sha256, r.installed_at_ms, s.enabled, s.unstable,"
+            " s.shutdown_timeouts FROM plugin_registry r LEFT JOIN plugin_state s"
+            " ON s.name = r.name ORDER BY r.rowid"
         )
         for row in rows:
             name, version, digest = row["name"], row["version"], row["sha256"]
@@ -676,6 +713,7 @@ class PluginManager:
                 await self._audit_load(name, error)
                 continue
             rec.enabled, rec.unstable = enabled, bool(row["unstable"] or 0)
+            rec.shutdown_timeouts = row["shutdown_timeouts"] or 0
             if not enabled:
                 self._unload(rec)
 
@@ -950,6 +988,19 @@ class PluginManager:
                     rec.contributed[hook] = []
             out += [Contribution(plugin=rec.name, item=item) for item in rec.contributed[hook]]
         return out
+
+    def routes(self) -> list[ServedRoute]:
+        """The router's live table, as the SDK describes it (``GET /openapi.json``)."""
+        return [
+            ServedRoute(
+                method=ep.route.method.upper(),
+                path=ep.path,
+                public=ep.public,
+                plugin=ep.plugin.name,
+                route=ep.route,
+            )
+            for ep in self._kernel.router.endpoints()
+        ]
 
     def list(self) -> list[PluginInfo]:
         return [self.info(rec) for _, rec in sorted(self.records.items())]

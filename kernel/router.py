@@ -171,7 +171,9 @@ class Router:
         static: dict[str, set[str]] = {}
         for method, path in owners:
             if not _PARAM.search(path):
-                static.setdefault(path, set()).add(method)
+                static.setdefault(path, set()).update(
+                    {method, "HEAD"} if method == "GET" else {method}
+                )
         self._table = (table.bind("localhost"), endpoints)  # bound once, matched per request
         self._static = static
 
@@ -194,9 +196,15 @@ class Router:
             # path without its leading ``/`` (werkzeug would add one).
             if not raw_path.startswith("/") or "//" in raw_path:
                 raise NotFound()
-            name, raw_params = table.match(raw_path, req.method)
-            if raw_params and (methods := self._static.get(raw_path)) is not None:
-                raise MethodNotAllowed(valid_methods=sorted(methods))
+            static = self._static.get(raw_path)
+            try:
+                name, raw_params = table.match(raw_path, req.method)
+            except MethodNotAllowed:
+                if static is None:
+                    raise
+                raise MethodNotAllowed(valid_methods=sorted(static)) from None
+            if raw_params and static is not None:  # a static path is never a parameter's value
+                raise MethodNotAllowed(valid_methods=sorted(static))
             ep = endpoints[name]
             params = {k: unquote(v) for k, v in raw_params.items()}
             if ep.route.audit:

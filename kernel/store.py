@@ -4,6 +4,11 @@ Writers hand a function to the writer thread and await its result. The thread ta
 waiting, runs each inside its own savepoint of one transaction, commits once, and only then
 answers them all: one fsync for many concurrent writers. Reads run on a separate connection in
 a reader thread, so they never wait for a commit.
+
+A full disk (or the cap ``storage.max_db_bytes``, applied as ``PRAGMA max_page_count``) makes a
+write fail with ``SQLITE_FULL``: the writer gets ``Unavailable("storage is full: ...")`` (503),
+nothing of it is kept, and the other writes of its batch are committed all the same. Reads go
+on. Writes work again as soon as there is room (the cap raised, data deleted), without a restart.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 _BATCH_MAX = 512
 
 
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL"
+
+
+def _full(exc: BaseException) -> Unavailable:
+    """The 503 of a write refused for want of space."""
+    return Unavailable(f"storage is full: {exc}", retry_after=None)
+
+
 class _Job:
     __slots__ = ("fn", "future", "loop")
 
@@ -59,6 +73,15 @@ def _connect(path: Path, synchronous: str, readonly: bool = False) -> sqlite3.Co
     return conn
 
 
+def _room(conn: sqlite3.Connection) -> int:
+    """Pages the database can still take: below the cap, or free ones to reuse."""
+    pages, cap, free = (
+        conn.execute(f"PRAGMA {p}").fetchone()[0]
+        for p in ("page_count", "max_page_count", "freelist_count")
+    )
+    return int(cap - pages + free)
+
+
 def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
     if job.future.done():
         return
@@ -78,19 +101,30 @@ class SqliteStore:
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._closing = False
+        self._no_cap = 0  # SQLite's own max_page_count, read at open
+        self._refusals = 0  # writes of the current batch refused for want of space
+        self._full_room = 0  # the room left when a write was last refused for want of it
         self.commits = 0
+        #: True from a write refused for want of space until there is room again.
+        self.full = False
+        #: Called on the event loop when ``full`` changes, with the new value and the error.
+        self.on_full: Callable[[bool, str], None] = lambda full, error: None
 
     @property
     def is_open(self) -> bool:
         return self._writer is not None and not self._closing
 
-    async def open(self, path: Path, *, synchronous: str = "full") -> None:
-        """Open (or create) the database; ``synchronous`` is ``full`` or ``normal``."""
+    async def open(self, path: Path, *, synchronous: str = "full", max_bytes: int = 0) -> None:
+        """Open (or create) the database; ``synchronous`` is ``full`` or ``normal``;
+        ``max_bytes`` caps the database file (0: no cap), see :meth:`set_max_bytes`."""
         self.path = path
         self._closing = False
+        self.full = False
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         conn = _connect(path, synchronous)
         conn.executescript(_KERNEL_SCHEMA)
+        self._no_cap = conn.execute("PRAGMA max_page_count").fetchone()[0]
+        self._cap(conn, max_bytes)
         self._writer = threading.Thread(target=self._run, args=(conn,), name="aman-store-writer")
         self._writer.daemon = True
         self._writer.start()
@@ -122,6 +156,16 @@ class SqliteStore:
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
         return await self.write(lambda c: c.execute(sql, params).rowcount)
 
+    async def set_max_bytes(self, max_bytes: int) -> None:
+        """Cap the database at ``max_bytes`` (0: no cap) from the next write on. SQLite never
+        sets the cap below the pages the file already has."""
+        await self.write(lambda conn: self._cap(conn, max_bytes))
+
+    def _cap(self, conn: sqlite3.Connection, max_bytes: int) -> None:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = max(1, max_bytes // page_size) if max_bytes else self._no_cap
+        conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+
     def _run(self, conn: sqlite3.Connection) -> None:
         while True:
             first = self._jobs.get()
@@ -145,28 +189,71 @@ class SqliteStore:
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
+        settled: list[tuple[_Job, Any, BaseException | None]] = []
+        self._refusals = 0
+        while batch:
+            batch = self._transaction(conn, batch, settled)
+        if self._refusals:
+            self._full_room = _room(conn)
+        elif self.full and _room(conn) > self._full_room:  # the cap was raised, pages freed
+            self._set_full(False, "", settled[0][0].loop)
+        for job, result, error in settled:
+            job.loop.call_soon_threadsafe(_settle, job, result, error)
+
+    def _transaction(
+        self,
+        conn: sqlite3.Connection,
+        jobs: list[_Job],
+        settled: list[tuple[_Job, Any, BaseException | None]],
+    ) -> list[_Job]:
+        """Run ``jobs`` in one transaction, each in its own savepoint, and commit; append their
+        outcomes to ``settled``. When a job fails so badly that SQLite rolled back the whole
+        transaction (``SQLITE_FULL``), that job fails and the others are returned, to be run
+        again in a new transaction: their work was undone with it."""
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
+            for index, job in enumerate(jobs):
                 conn.execute("SAVEPOINT job")
                 try:
-                    results.append((job, job.fn(conn), None))
+                    outcomes.append((job, job.fn(conn), None))
                     conn.execute("RELEASE job")
                 except Exception as exc:  # noqa: BLE001 - handed to the awaiting writer
+                    error = self._refused(exc, job.loop)
+                    if not conn.in_transaction:
+                        settled.append((job, None, error))
+                        return [j for j, _, _ in outcomes] + jobs[index + 1 :]
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    results.append((job, None, exc))
+                    outcomes.append((job, None, error))
             conn.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:  # the commit itself failed (disk full, I/O error)
+        except sqlite3.Error as exc:  # the transaction itself failed (disk full, I/O error)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             log.error("store commit failed: %s", exc)
-            failure = Unavailable(f"storage write failed: {exc}", retry_after=None)
-            results = [(job, None, failure) for job in batch]
-        for job, result, error in results:
-            job.loop.call_soon_threadsafe(_settle, job, result, error)
+            failure = self._refused(exc, jobs[0].loop)
+            if not isinstance(failure, Unavailable):
+                failure = Unavailable(f"storage write failed: {exc}", retry_after=None)
+            settled.extend((job, None, failure) for job in jobs)
+            return []
+        settled.extend(outcomes)
+        return []
+
+    def _refused(self, exc: Exception, loop: asyncio.AbstractEventLoop) -> Exception:
+        """``exc`` as the writer sees it: a lack of space becomes a 503 and marks the store
+        full; any other error is the writer's own business."""
+        if not _is_full(exc):
+            return exc
+        self._refusals += 1
+        if not self.full:
+            self._set_full(True, str(exc), loop)
+        return _full(exc)
+
+    def _set_full(self, full: bool, error: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.full = full
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            loop.call_soon_threadsafe(self.on_full, full, error)
 
     # --- reads -----------------------------------------------------------------------------
 

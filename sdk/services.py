@@ -20,6 +20,7 @@ from .models import (
     Event,
     Priority,
     PublishResult,
+    Route,
     StashKey,
     TrustLevel,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "PluginInstalled",
     "PluginUninstalled",
     "Plugins",
+    "ServedRoute",
     "Settings",
     "SkillCatalog",
     "SkillInfo",
@@ -265,12 +267,37 @@ class PluginUninstalled:
     purged: bool
 
 
+@frozen(kw_only=True)
+class ServedRoute:
+    """One route of the live route table, as served (``Plugins.routes``).
+
+    :param method: upper-case (``GET``; ``HEAD`` is not listed, it follows ``GET``).
+    :param path: the served path template: a built-in's own path, a third-party plugin's under
+        ``/api/v1/<plugin>`` (http-api §24), with ``{param}`` and a final ``{*rest}``.
+    :param public: served without the API token (http-api §1.2).
+    :param plugin: the owning plugin's name.
+    :param route: the route as the plugin declared it (handler, body and query classes, checks).
+    """
+
+    method: str
+    path: str
+    public: bool
+    plugin: str
+    route: Route
+
+
 class Plugins(Protocol):
     """The plugin manager: list, enable, disable, install and uninstall plugins while the
     runtime serves."""
 
     def contributions(self, hook: str) -> list[Contribution]:
         """What the running plugins return from a ``register_*`` hook, in load order."""
+        ...
+
+    def routes(self) -> list[ServedRoute]:
+        """Every route the runtime serves right now, in table order: the mounted routes of
+        built-ins (a disabled one's answer 503) and of loaded third-party plugins, with the
+        page files of their ``ui/`` folders (http-api §22)."""
         ...
 
     def list(self) -> list[PluginInfo]: ...

@@ -179,6 +179,7 @@ ENDPOINTS = [
     ("GET", "/system-prompt", False, False, "ready", None),
     ("POST", "/idle-run", False, False, "ready", "idle.run"),
     ("POST", "/explore/start", False, False, "ready", "explore.start"),
+    ("GET", "/openapi.json", False, False, "always", None),  # * issue 7
 ]
 
 
