@@ -297,7 +297,8 @@ class Router:
                 if inspect.iscoroutinefunction(handler):
                     result = await handler(**args)
                 else:
-                    result = await asyncio.to_thread(handler, **args)
+                    threads = self._kernel.plugins.hooks.threads  # the plugin's own workers
+                    result = await threads.run(plugin.name, handler, **args)
                     if inspect.isawaitable(result):
                         result = await result
         except SdkError:
@@ -343,14 +344,17 @@ class Router:
         detail: str,
     ) -> None:
         assert ep is not None and ep.route.audit is not None
-        await self._kernel.audit.record(
-            operator=operator_from(headers),
-            action=ep.route.audit,
-            target=note.target,
-            outcome=note.outcome or outcome,
-            # a handler that named the outcome (``blocked``) also chose the detail
-            detail=note.detail if outcome == "ok" or note.outcome else detail,
-        )
+        try:
+            await self._kernel.audit.record(
+                operator=operator_from(headers),
+                action=ep.route.audit,
+                target=note.target,
+                outcome=note.outcome or outcome,
+                # a handler that named the outcome (``blocked``) also chose the detail
+                detail=note.detail if outcome == "ok" or note.outcome else detail,
+            )
+        except Unavailable as exc:  # storage full: the answer stands, its record is lost
+            log.error("audit record of %s %s lost: %s", ep.route.method, ep.path, exc)
 
     def _finish(
         self, req: quart.Request, ep: Endpoint | None, response: Response, started: float
