@@ -449,9 +449,16 @@ class EventBus:
         )
 
     async def publish(
-        self, event_type: str, payload: Any = None, *, from_http: bool = False, **options: Any
+        self,
+        event_type: str,
+        payload: Any = None,
+        *,
+        from_http: bool = False,
+        also: Callable[[sqlite3.Connection, str], object] | None = None,
+        **options: Any,
     ) -> PublishResult:
-        """Publish by the pipeline of http-api §5.1; ``from_http`` marks an HTTP publish."""
+        """Publish by the pipeline of http-api §5.1; ``from_http`` marks an HTTP publish;
+        ``also(conn, event_id)`` writes the publisher's own rows in the event's transaction."""
         event = self.build(event_type, payload, **options)
         if event.trust_level == "sandboxed" and event.event_type in _PROTECTED:
             raise Forbidden(f"a sandboxed source may not publish {event.event_type}")
@@ -482,7 +489,7 @@ class EventBus:
         if event.dedup_key is not None and (original := self._duplicate(event.dedup_key)):
             self.duplicates += 1
             return PublishResult(id=original, trace_id=event.metadata.trace_id, status="duplicate")
-        await self._accept(event, overflow=overflow)
+        await self._accept(event, overflow=overflow, also=also)
         return PublishResult(id=event.id, trace_id=event.metadata.trace_id, status="queued")
 
     def _duplicate(self, key: str) -> str | None:
@@ -540,7 +547,13 @@ class EventBus:
         if dropped and self._store.is_open and self.persistent:
             self._behind.add(_sql("DELETE FROM bus_dedup WHERE first_ms < ?", horizon))
 
-    async def _accept(self, event: Event, *, overflow: bool) -> None:
+    async def _accept(
+        self,
+        event: Event,
+        *,
+        overflow: bool,
+        also: Callable[[sqlite3.Connection, str], object] | None = None,
+    ) -> None:
         body = _dumps(event)
         durable = event.delivery in GUARANTEED and self.persistent
         # A default key is the event's own, freshly minted id: it can never be seen again, so
@@ -562,6 +575,10 @@ class EventBus:
                     (event.dedup_key, event.id, event.metadata.created_at),
                 )
             )
+        if also is not None:
+            ops.append(lambda c: also(c, event.id))
+            if not durable:  # the rows exist before any subscriber sees the event
+                await self._store.write(ops[-1])
         if durable:
             rank = PRIORITIES.index(event.priority)
             ops.append(
@@ -581,7 +598,7 @@ class EventBus:
             self._behind.record(
                 (event.id, event.metadata.trace_id, event.event_type, event.source, body)
             )
-            for op in ops[1:]:
+            for op in ops[1 : len(ops) - (also is not None)]:
                 self._behind.add(op)
         flight = _Flight(event=event, body=body, persist=durable)
         self._accepted.inc()

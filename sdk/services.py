@@ -118,7 +118,12 @@ class Bus(Protocol):
         parent_event_id: str | None = None,
         trust_level: TrustLevel = "trusted",
         from_http: bool = False,
-    ) -> PublishResult: ...
+        also: Callable[[sqlite3.Connection, str], object] | None = None,
+    ) -> PublishResult:
+        """``also(conn, event_id)``, when given, writes the publisher's own rows in the same
+        store transaction as a guaranteed event (so both are stored or neither is); for other
+        events it is written before the event is handed to subscribers."""
+        ...
 
     def build(self, event_type: str, payload: Any = None, **options: Any) -> Event:
         """A validated event that is not published (``/debug/dlq/enqueue``)."""

@@ -10,6 +10,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from attrs import frozen
+
 from sdk import (
     AuditNote,
     Conflict,
@@ -40,6 +42,16 @@ DEFER_MS = 5000  # timeouts wait at least this long after the session's last eve
 RESTART_NOTICE = "The reply was interrupted by a restart."
 QUEUE_FULL_NOTICE = "The message was not answered because the agent's queue was full."
 MESSAGE_SOURCES = ("gateway:http", "idle.manual", "explore:pipeline")
+
+
+@frozen(kw_only=True)
+class Carrier:
+    """An event published in the same transaction as a session's rows (:meth:`ChatService.save`)."""
+
+    event_type: str
+    payload: dict[str, Any]
+    options: dict[str, Any]
+    bind: tuple[Message, ...] = ()
 
 
 class ChatService:
@@ -106,14 +118,30 @@ class ChatService:
         add: list[Message] | tuple[Message, ...] = (),
         remove_after: int | None = None,
         reason: str = "Event",
-    ) -> None:
-        """Persist the session (and messages) and publish its transitions, all submitted at
-        once so the store commits them together."""
+        carrier: Carrier | None = None,
+    ) -> str | None:
+        """Persist the session (and messages) and publish its transitions, submitted at once
+        so the store commits them together. With a ``carrier`` the rows are written in that
+        event's own transaction (http-api §11.5: the message and its event, one transaction)
+        and the ``bind`` messages record its id; answer that id."""
         session.last_active_at = now_ms()
-        await asyncio.gather(
-            self.sessions.update(
-                session, due_at=self.due_at(session), add=add, remove_after=remove_after
-            ),
+        write = self.sessions.update_op(
+            session, due_at=self.due_at(session), add=add, remove_after=remove_after
+        )
+        if carrier is None:
+            stored: Any = self.ctx.store.write(write)
+        else:
+
+            def both(conn: Any, event_id: str) -> None:
+                for message in carrier.bind:
+                    message.event_id = event_id
+                write(conn)
+
+            stored = self.ctx.bus.publish(
+                carrier.event_type, carrier.payload, also=both, **carrier.options
+            )
+        results = await asyncio.gather(
+            stored,
             *(
                 self.ctx.bus.publish(
                     "workflow_state_changed",
@@ -131,6 +159,7 @@ class ChatService:
                 for from_state, to_state, event in moves
             ),
         )
+        return results[0].id if carrier is not None else None
 
     async def session(self, session_id: str) -> Session:
         return await self.sessions.get(session_id)
@@ -206,11 +235,14 @@ class ChatService:
                     text, session, operator=operator, action="chat.send_message", audit=audit
                 )
             agent.has_room()
-            message = new_message(session.id, "user", text)
+            message = new_message(session.id, "user", text, event_id=event_id)
+            session.version += 1
+            session.message_count += 1
+            carrier = None
             if event_id is None:
-                published = await self.ctx.bus.publish(
-                    "message_received",
-                    {
+                carrier = Carrier(
+                    event_type="message_received",
+                    payload={
                         "session_id": session.id,
                         "agent_id": session.agent_id,
                         "message_id": message.id,
@@ -219,16 +251,17 @@ class ChatService:
                         "source": "api",
                         **(extra or {}),
                     },
-                    source=source,
-                    delivery="at_least_once",
-                    agent_id=session.agent_id,
-                    from_http=True,
+                    options={
+                        "source": source,
+                        "delivery": "at_least_once",
+                        "agent_id": session.agent_id,
+                        "from_http": True,
+                    },
+                    bind=(message,),
                 )
-                event_id = published.id
-            message.event_id = event_id
-            session.version += 1
-            session.message_count += 1
-            await self.save(session, [], add=[message])
+            await self.save(session, [], add=[message], carrier=carrier)
+            event_id = message.event_id
+            assert event_id is not None
             if audit is not None:
                 audit.detail = f"text_hash:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
             queued = self.agents.enqueue(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import asdict, define
@@ -243,8 +243,30 @@ class Sessions:
         add: Sequence[Message] = (),
         remove_after: int | None = None,
     ) -> None:
-        """Save ``session`` (state, counters, times) with messages added and, when
-        ``remove_after`` is a message ``seq``, every later message removed: one transaction."""
+        """Save ``session`` with messages added (and removed): one transaction."""
+        await self._store.write(
+            self.update_op(session, due_at=due_at, add=add, remove_after=remove_after)
+        )
+
+    @staticmethod
+    def update_op(
+        session: Session,
+        *,
+        due_at: int | None = None,
+        add: Sequence[Message] = (),
+        remove_after: int | None = None,
+    ) -> Callable[[sqlite3.Connection], None]:
+        """The write of :meth:`update`: the session's state, counters and times, ``add``ed
+        messages and, when ``remove_after`` is a message ``seq``, every later one removed."""
+        row = (
+            session.state,
+            session.last_active_at,
+            session.version,
+            session.message_count,
+            session.turns,
+            due_at,
+            session.id,
+        )
 
         def write(conn: sqlite3.Connection) -> None:
             if remove_after is not None:
@@ -256,18 +278,10 @@ class Sessions:
             conn.execute(
                 "UPDATE chat_sessions SET state = ?, last_active_at = ?, version = ?,"
                 " message_count = ?, turns = ?, due_at = ? WHERE id = ?",
-                (
-                    session.state,
-                    session.last_active_at,
-                    session.version,
-                    session.message_count,
-                    session.turns,
-                    due_at,
-                    session.id,
-                ),
+                row,
             )
 
-        await self._store.write(write)
+        return write
 
     async def delete(self, session_id: str) -> None:
         def write(conn: sqlite3.Connection) -> None:

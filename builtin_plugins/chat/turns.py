@@ -11,7 +11,7 @@ import asyncio
 import json
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sdk import (
     LLM,
@@ -29,10 +29,8 @@ from sdk import (
 )
 
 from .agents import Agent, Turn, skills_for, system_prompt, tools_for
+from .service import Carrier, ChatService
 from .store import Message, Session, new_message
-
-if TYPE_CHECKING:
-    from .service import ChatService
 
 __all__ = ["context", "run_turn"]
 
@@ -88,21 +86,19 @@ async def run_turn(chat: ChatService, agent: Agent, turn: Turn) -> None:
     done = {**stream_ids, "finish_reason": "stop"}
     await ctx.bus.publish("agent:reply_stream_done", done, source=source)
     message = new_message(session.id, "assistant", reply)
-    published = await ctx.bus.publish(
-        "agent:reply_ready",
-        {
+    ready = Carrier(
+        event_type="agent:reply_ready",
+        payload={
             **ids,
             "message_id": message.id,
             "reply": reply,
             "background": session.session_type == "background",
             "turns_processed": 1,
         },
-        source=source,
-        delivery="at_least_once",
-        agent_id=agent.agent_id,
+        options={"source": source, "delivery": "at_least_once", "agent_id": agent.agent_id},
+        bind=(message,),
     )
-    message.event_id = published.id
-    await _finish(chat, session, ("LLM_REPLY_READY",), [message])
+    await _finish(chat, session, ("LLM_REPLY_READY",), [message], carrier=ready)
 
 
 async def _think(
@@ -288,6 +284,7 @@ async def _finish(
     add: list[Message],
     *,
     count: bool = True,
+    carrier: Carrier | None = None,
 ) -> None:
     async with chat.lock(session.id):
         try:
@@ -297,9 +294,8 @@ async def _finish(
         moves = [chat.move(current, e) for e in events]
         if count:
             current.message_count += sum(1 for m in add if m.counted)
-        await chat.save(
-            current, moves, add=add, reason="Timeout" if "STREAM_TIMEOUT" in events else "Event"
-        )
+        reason = "Timeout" if "STREAM_TIMEOUT" in events else "Event"
+        await chat.save(current, moves, add=add, reason=reason, carrier=carrier)
 
 
 # --- context (§11.3 step 2) ---------------------------------------------------------------------

@@ -385,3 +385,40 @@ async def test_the_dedup_window_only_holds_explicit_keys_and_forgets_old_ones(bu
     await kernel.bus.flush()
     rows = await kernel.store.fetchall("SELECT key FROM bus_dedup")
     assert [r[0] for r in rows] == ["new"]
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "at_most_once"])
+async def test_a_publisher_writes_its_rows_with_the_event(bus_of, delivery):
+    sink = Sink("sink")
+    seen_rows: list[list[Any]] = []
+
+    async def handle(event) -> None:  # the rows exist before a subscriber sees the event
+        rows = await kernel.store.fetchall("SELECT id FROM notes WHERE event_id = ?", (event.id,))
+        seen_rows.append([r["id"] for r in rows])
+
+    sink.handle = handle
+    kernel = await bus_of(sink)
+    await kernel.store.write(lambda c: c.execute("CREATE TABLE notes (id TEXT, event_id TEXT)"))
+
+    result = await kernel.bus.publish(
+        "t.test", {}, delivery=delivery,
+        also=lambda conn, event_id: conn.execute("INSERT INTO notes VALUES ('n1', ?)", (event_id,)),
+    )
+    await wait_for(lambda: seen_rows)
+    assert seen_rows == [["n1"]]
+    rows = await kernel.store.fetchall("SELECT event_id FROM notes")
+    assert [r["event_id"] for r in rows] == [result.id]
+
+
+async def test_rows_that_fail_to_write_refuse_the_guaranteed_event(bus_of):
+    sink = Sink("sink")
+    kernel = await bus_of(sink)
+
+    def broken(conn, event_id):
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(Exception, match="no_such_table"):
+        await kernel.bus.publish("t.test", {"n": 1}, delivery="at_least_once", also=broken)
+    await kernel.bus.publish("t.test", {"n": 2}, delivery="at_least_once")
+    await wait_for(lambda: sink.seen)
+    assert sink.seen == [{"n": 2}]  # the refused event was never accepted
