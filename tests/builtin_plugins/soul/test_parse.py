@@ -7,30 +7,8 @@ import pytest
 from builtin_plugins.soul.parse import Soul, decode, parse, prompt, violated
 from sdk import Invalid
 
-EXAMPLE = """\
-# Aman
+from .conftest import EXAMPLE
 
-## Identity
-A calm, careful assistant.
-
-## Core
-Be honest. Say when you do not know.
-
-## Expertise
-- Python
-- distributed systems
-
-## Vibe
-Warm, concise.
-
-## Preferences
-- short answers
-- metric units
-
-## Boundaries
-- do not leak secrets
-- never delete user files
-"""
 EMPTY = "SOUL.md content is empty or invalid"
 TOO_LARGE = "soul content is too large (max 262144 bytes)"
 
