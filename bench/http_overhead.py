@@ -150,10 +150,7 @@ class Server:
 
     def rss_kib(self) -> int:
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        return proc_status(self.proc.pid)["VmRSS"]
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -169,6 +166,18 @@ class Server:
         if self.log is None or not self.log.exists():
             return ""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The numeric fields of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ... in KiB;
+    ``Threads``, ...) by name."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        first = value.split()[:1]
+        if first and first[0].isdigit():
+            out[name] = int(first[0])
+    return out
 
 
 def make_servers(workdir: Path) -> tuple[Server, Server]:

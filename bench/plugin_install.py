@@ -59,6 +59,7 @@ from http_overhead import (
     busy_fraction,
     loadavg,
     machine,
+    proc_status,
     report_foreign,
 )
 
@@ -74,13 +75,19 @@ GiB = 1024 * MiB
 
 def build_plugin(workdir: Path) -> bytes:
     """The archive of a fresh ``aman plugin new`` scaffold, packed by ``aman plugin pack``."""
-    aman = aman_command()
     subprocess.run(
-        [*aman, "plugin", "new", PLUGIN, "--dir", str(workdir)], check=True, capture_output=True
+        [*aman_command(), "plugin", "new", PLUGIN, "--dir", str(workdir)],
+        check=True,
+        capture_output=True,
     )
-    out = workdir / f"{PLUGIN}.tar.gz"
+    return pack_plugin(workdir / PLUGIN, workdir / f"{PLUGIN}.tar.gz")
+
+
+def pack_plugin(plugin_dir: Path, out: Path) -> bytes:
+    """The archive of the plugin folder ``plugin_dir`` (the one holding ``plugin.toml``), packed
+    by ``aman plugin pack`` into ``out``."""
     subprocess.run(
-        [*aman, "plugin", "pack", str(workdir / PLUGIN), "-o", str(out)],
+        [*aman_command(), "plugin", "pack", str(plugin_dir), "-o", str(out)],
         check=True,
         capture_output=True,
     )
@@ -124,11 +131,8 @@ def build_bomb(members: int, member_size: int) -> bytes:
 
 
 def proc_mem(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            out[line.split(":")[0]] = int(line.split()[1])
-    return out
+    status = proc_status(pid)
+    return {"VmRSS": status["VmRSS"], "VmHWM": status["VmHWM"]}
 
 
 def pct(values: Sequence[float], p: float) -> float:

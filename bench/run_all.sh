@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 
 # Every benchmark, in order. (bare_quart.py, sse_quart.py and bare_upload.py are the anchor apps of
-# http_overhead.py, sse_lag.py and plugin_install.py, not benchmarks.)
+# http_overhead.py, sse_lag.py and plugin_install.py, not benchmarks.) The soak comes last: 5
+# minutes by default (--minutes 5), 1 minute with --quick; the 2-hour soak is
+# `bench/soak.py --minutes 120` on its own (docs/operations.md, "Soak runs").
 BENCHMARKS=(
   bench/http_overhead.py
   bench/bus_dispatch.py
@@ -17,6 +19,7 @@ BENCHMARKS=(
   bench/skills.py
   bench/plugin_install.py
   bench/chat_turns.py
+  bench/soak.py
 )
 
 status=0
