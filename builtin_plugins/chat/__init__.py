@@ -305,6 +305,7 @@ async def state(ctx: PluginContext, id: str, query: StateQuery) -> dict[str, Any
     chat = _chat(ctx)
     session = await chat.sessions.get(id)
     messages = await chat.sessions.messages(id, limit=query.limit)
+    await chat.settle_events()
     events = await chat.sessions.events(id, limit=query.limit)
     out = chat.public(session)
     del out["parent_session_id"]
@@ -329,6 +330,7 @@ async def history(ctx: PluginContext, id: str, query: HistoryQuery) -> dict[str,
     has_more = len(messages) > query.limit
     messages = messages[-query.limit :]
     since = messages[0].created_at_ms if messages else None
+    await chat.settle_events()
     events = await chat.sessions.events(id, since_ms=since, until_ms=until)
     return {"messages": [m.public() for m in messages], "events": events, "has_more": has_more}
 

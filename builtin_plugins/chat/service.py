@@ -577,6 +577,13 @@ class ChatService:
         if self._flush is None or self._flush.done():
             self._flush = asyncio.get_running_loop().create_task(self._write_events())
 
+    async def settle_events(self) -> None:
+        """Wait until every event observed so far is in ``chat_events`` (read-your-writes)."""
+        if self._flush is not None and not self._flush.done():
+            await asyncio.shield(self._flush)
+        if self._rows:
+            await self._write_events()
+
     async def _write_events(self) -> None:
         await asyncio.sleep(0)  # one write for what the current loop turn published
         rows, self._rows = self._rows, []
