@@ -486,11 +486,16 @@ def report(sequential: Pass, concurrent: Pass, queue_max_size: int) -> list[str]
 # --- the run ---------------------------------------------------------------------------------
 
 
-def make_server(workdir: Path, queue_max_size: int, profile: Path | None) -> Server:
+def make_server(
+    workdir: Path, queue_max_size: int, profile: Path | None, synchronous: str
+) -> Server:
     """``aman serve`` in ``workdir`` (so no caller's ./aman.toml), with a config that gives the
     agent room for every session's turn (http-api §11.3)."""
     config = workdir / "aman.toml"
-    config.write_text(f"[agents.{AGENT}]\nqueue_max_size = {queue_max_size}\n")
+    config.write_text(
+        f'[storage]\nsynchronous = "{synchronous}"\n\n'
+        f"[agents.{AGENT}]\nqueue_max_size = {queue_max_size}\n"
+    )
     launcher = (
         [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "kernel.cli"]
         if profile
@@ -526,6 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quick", action="store_true", help="10 sessions x 5 messages, 50 sequential turns"
     )
     parser.add_argument("--profile", type=Path, help="run the server under cProfile, to PATH")
+    parser.add_argument(
+        "--synchronous",
+        choices=("full", "normal"),
+        default="full",
+        help="storage.synchronous of the server (full, the default, fsyncs every commit)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -536,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {m['nproc']} x {m['cpu']}; Python {m['python']}; {m['os']}; {m['stack']}")
     print(
         f"load: aman serve with the echo provider, one agent ({AGENT}, queue_max_size"
-        f" {queue_max_size}); client in this process (an httpx client per session, one"
+        f" {queue_max_size}), storage.synchronous = {args.synchronous}; client in this process (an httpx client per session, one"
         " /events/stream); anchor: the echo provider alone, in this process"
     )
     if importlib.util.find_spec("sniffio") is None:
@@ -552,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     foreign = ForeignCpu()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aman-bench-chat-") as tmp:
-        server = make_server(Path(tmp), queue_max_size, args.profile)
+        server = make_server(Path(tmp), queue_max_size, args.profile, args.synchronous)
         try:
             server.start()
             sequential, concurrent = asyncio.run(measure(server, args))

@@ -140,25 +140,28 @@ class ChatService:
             stored = self.ctx.bus.publish(
                 carrier.event_type, carrier.payload, also=both, **carrier.options
             )
-        results = await asyncio.gather(
-            stored,
-            *(
-                self.ctx.bus.publish(
-                    "workflow_state_changed",
-                    {
-                        "instance_id": session.id,
-                        "workflow_name": "message-session",
-                        "from_state": from_state,
-                        "to_state": to_state,
-                        "event": event,
-                        "reason": reason,
-                    },
-                    source="workflow:message-session",
-                    delivery="at_least_once",
-                )
-                for from_state, to_state, event in moves
-            ),
+        transitions = (
+            self.ctx.bus.publish(
+                "workflow_state_changed",
+                {
+                    "instance_id": session.id,
+                    "workflow_name": "message-session",
+                    "from_state": from_state,
+                    "to_state": to_state,
+                    "event": event,
+                    "reason": reason,
+                },
+                source="workflow:message-session",
+                delivery="at_least_once",
+            )
+            for from_state, to_state, event in moves
         )
+        try:
+            results = await asyncio.gather(stored, *transitions)
+        except BaseException:
+            self.sessions.forget(session.id)
+            raise
+        self.sessions.saved(session, add, remove_after)
         return results[0].id if carrier is not None else None
 
     async def session(self, session_id: str) -> Session:

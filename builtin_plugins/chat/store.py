@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from attrs import asdict, define
+from attrs import asdict, define, evolve
 
 from sdk import Migration, NotFound, Store, now_ms, uuid7, xid
 
@@ -149,11 +150,87 @@ def new_message(session_id: str, role: str, content: str, **fields: Any) -> Mess
     )
 
 
+@define
+class _Hot:
+    """A recently used session as committed, and the tail of its messages that the last
+    :meth:`Sessions.recent` read (``None`` until one, or after an edit or a removal)."""
+
+    session: Session
+    tail: list[Message] | None = None
+    chars: int = 0
+    writes: int = 0  # message writes seen: a read that saw a write begin keeps nothing
+
+    def extend(self, messages: Sequence[Message]) -> None:
+        self.writes += 1
+        if self.tail is not None:
+            # A read that overlapped the commit may hold them already: they are its newest.
+            known = {m.id for m in self.tail[-len(messages) :]}
+            self.tail = _fit([*self.tail, *(m for m in messages if m.id not in known)], self.chars)
+
+    def reset(self) -> None:
+        self.writes += 1
+        self.tail = None
+
+
+def _fit(messages: list[Message], chars: int) -> list[Message]:
+    """The suffix of ``messages`` that :meth:`Sessions.recent` answers for ``chars``: every
+    message with at most ``chars`` characters after it, and all from the newest user message."""
+    start, newer, user = len(messages), 0, len(messages)
+    for i in range(len(messages) - 1, -1, -1):
+        if newer > chars and user < len(messages):
+            break
+        if newer <= chars:
+            start = i
+        if user == len(messages) and messages[i].role == "user":
+            user = i
+        newer += len(messages[i].content)
+    return messages[min(start, user) :]
+
+
 class Sessions:
-    """The chat tables. Every write is one store transaction."""
+    """The chat tables. Every write is one store transaction.
+
+    The sessions used most recently stay in memory as committed, with the tail of messages
+    their turns read, so a turn does not read its session and its context back from SQLite:
+    :meth:`get` answers a copy, and every write through this class (or :meth:`saved`, after
+    the commit of an :meth:`update_op` that ran in another transaction) keeps the copy true.
+    """
+
+    HOT = 64
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._hot: OrderedDict[str, _Hot] = OrderedDict()
+        self._writes = 0  # session writes: a read that overlapped one is not remembered
+
+    # --- the hot sessions -----------------------------------------------------------------------
+
+    def _remember(self, session: Session) -> _Hot:
+        self._writes += 1
+        hot = self._hot.get(session.id)
+        if hot is None:
+            hot = self._hot[session.id] = _Hot(evolve(session))
+            while len(self._hot) > self.HOT:
+                self._hot.popitem(last=False)
+        else:
+            hot.session = evolve(session)
+            self._hot.move_to_end(session.id)
+        return hot
+
+    def saved(
+        self, session: Session, add: Sequence[Message] = (), remove_after: int | None = None
+    ) -> None:
+        """Record what the commit of :meth:`update_op` for ``session`` wrote."""
+        hot = self._remember(session)
+        if remove_after is not None:
+            hot.reset()
+        elif add:
+            hot.extend(add)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the memory of a session whose write failed (or is gone)."""
+        self._writes += 1
+        self._hot.pop(session_id, None)
 
     # --- sessions -----------------------------------------------------------------------------
 
@@ -201,15 +278,24 @@ class Sessions:
             _insert(conn, clones)
 
         await self._store.write(write)
+        self._remember(session)
         return session
 
     async def get(self, session_id: str) -> Session:
+        hot = self._hot.get(session_id)
+        if hot is not None:
+            self._hot.move_to_end(session_id)
+            return evolve(hot.session)
+        writes = self._writes
         rows = await self._store.fetchall(
             f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE id = ?", (session_id,)
         )
         if not rows:
             raise NotFound(f"session not found: {session_id}")
-        return _session(rows[0])
+        session = _session(rows[0])
+        if writes == self._writes:
+            self._remember(session)
+        return session
 
     async def list(self, *, agent_id: str | None, state: str | None, limit: int) -> list[Session]:
         sql = f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE 1 = 1"
@@ -244,9 +330,14 @@ class Sessions:
         remove_after: int | None = None,
     ) -> None:
         """Save ``session`` with messages added (and removed): one transaction."""
-        await self._store.write(
-            self.update_op(session, due_at=due_at, add=add, remove_after=remove_after)
-        )
+        try:
+            await self._store.write(
+                self.update_op(session, due_at=due_at, add=add, remove_after=remove_after)
+            )
+        except BaseException:
+            self.forget(session.id)
+            raise
+        self.saved(session, add, remove_after)
 
     @staticmethod
     def update_op(
@@ -292,7 +383,11 @@ class Sessions:
             ):
                 conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))
 
-        await self._store.write(write)
+        self.forget(session_id)
+        try:
+            await self._store.write(write)
+        finally:
+            self.forget(session_id)  # and what a read meanwhile brought back
 
     # --- messages -----------------------------------------------------------------------------
 
@@ -314,7 +409,12 @@ class Sessions:
     async def recent(self, session_id: str, *, chars: int) -> list[Message]:
         """The newest messages whose contents add up to at most ``chars`` characters, and at
         least everything from the newest user message on, oldest first: what a turn's context
-        can use (http-api §11.3 step 2), read without loading a long session whole."""
+        can use (http-api §11.3 step 2), read without loading a long session whole, and
+        from memory while the session is hot."""
+        hot = self._hot.get(session_id)
+        if hot is not None and hot.tail is not None and chars <= hot.chars:
+            return _fit(hot.tail, chars)
+        writes = hot.writes if hot is not None else -1
         rows = await self._store.fetchall(
             f"SELECT {_MESSAGE_COLUMNS} FROM ("
             f" SELECT {_MESSAGE_COLUMNS}, seq,"
@@ -325,7 +425,10 @@ class Sessions:
             " ORDER BY seq",
             (session_id, chars, session_id),
         )
-        return [_message(r) for r in rows]
+        messages = [_message(r) for r in rows]
+        if hot is not None and hot is self._hot.get(session_id) and hot.writes == writes:
+            hot.tail, hot.chars = messages, chars
+        return list(messages)
 
     async def find(
         self, session_id: str, *, message_id: str | None = None, event_id: str | None = None
@@ -362,13 +465,27 @@ class Sessions:
         return int(rows[0]["n"])
 
     async def add(self, messages: Sequence[Message]) -> None:
-        await self._store.write(lambda conn: _insert(conn, messages))
+        """Messages of one session, outside a session update."""
+        if not messages:
+            return
+        session_id = messages[0].session_id
+        try:
+            await self._store.write(lambda conn: _insert(conn, messages))
+        except BaseException:
+            self.forget(session_id)
+            raise
+        if (hot := self._hot.get(session_id)) is not None:
+            hot.extend(messages)
 
     async def edit(self, message: Message) -> None:
-        await self._store.execute(
-            "UPDATE chat_messages SET content = ?, edited_at_ms = ? WHERE id = ?",
-            (message.content, message.edited_at_ms, message.id),
-        )
+        try:
+            await self._store.execute(
+                "UPDATE chat_messages SET content = ?, edited_at_ms = ? WHERE id = ?",
+                (message.content, message.edited_at_ms, message.id),
+            )
+        finally:
+            if (hot := self._hot.get(message.session_id)) is not None:
+                hot.reset()
 
     # --- raw events ---------------------------------------------------------------------------
 
