@@ -156,16 +156,36 @@ class _Hot:
     :meth:`Sessions.recent` read (``None`` until one, or after an edit or a removal)."""
 
     session: Session
-    tail: list[Message] | None = None
+    tail: list[Message] | None = None  # exactly what recent(chars) answers
     chars: int = 0
+    size: int = 0  # characters in the tail
     writes: int = 0  # message writes seen: a read that saw a write begin keeps nothing
 
+    def keep(self, tail: list[Message], chars: int) -> None:
+        self.tail, self.chars, self.size = tail, chars, sum(len(m.content) for m in tail)
+
     def extend(self, messages: Sequence[Message]) -> None:
+        """Append committed messages and drop from the front what no longer fits: the
+        amortised cost is that of the messages added, not of the tail."""
         self.writes += 1
-        if self.tail is not None:
-            # A read that overlapped the commit may hold them already: they are its newest.
-            known = {m.id for m in self.tail[-len(messages) :]}
-            self.tail = _fit([*self.tail, *(m for m in messages if m.id not in known)], self.chars)
+        tail = self.tail
+        if tail is None:
+            return
+        known = {m.id for m in tail[-len(messages) :]}  # an overlapping read has them newest
+        for m in messages:
+            if m.id not in known:
+                tail.append(m)
+                self.size += len(m.content)
+        user = next((i for i in range(len(tail) - 1, -1, -1) if tail[i].role == "user"), None)
+        newer, start = self.size, len(tail)
+        for i, m in enumerate(tail):
+            newer -= len(m.content)  # the characters after message i
+            if newer <= self.chars or i == user:
+                start = i
+                break
+        if start:
+            self.size -= sum(len(m.content) for m in tail[:start])
+            del tail[:start]
 
     def reset(self) -> None:
         self.writes += 1
@@ -413,7 +433,7 @@ class Sessions:
         from memory while the session is hot."""
         hot = self._hot.get(session_id)
         if hot is not None and hot.tail is not None and chars <= hot.chars:
-            return _fit(hot.tail, chars)
+            return list(hot.tail) if chars == hot.chars else _fit(hot.tail, chars)
         writes = hot.writes if hot is not None else -1
         rows = await self._store.fetchall(
             f"SELECT {_MESSAGE_COLUMNS} FROM ("
@@ -427,7 +447,7 @@ class Sessions:
         )
         messages = [_message(r) for r in rows]
         if hot is not None and hot is self._hot.get(session_id) and hot.writes == writes:
-            hot.tail, hot.chars = messages, chars
+            hot.keep(list(messages), chars)
         return list(messages)
 
     async def find(

@@ -45,9 +45,16 @@ async def test_the_remembered_tail_answers_what_sqlite_answers(store):
         for chars in (0, 35, 120, 400):
             got = [m.id for m in await sessions.recent(session.id, chars=chars)]
             assert got == await from_disk(store, session.id, chars), (turn, chars)
+    # Whatever the budget, everything from the newest user message on stays.
+    await sessions.add([new_message(session.id, "user", "u" * 500)])
+    for _ in range(5):
+        await sessions.add([new_message(session.id, "tool", "t" * 300)])
+        got = [m.id for m in await sessions.recent(session.id, chars=400)]
+        assert got == await from_disk(store, session.id, 400)
+    assert len(got) == 6
     # A wider budget than the remembered one reads SQLite again, and remembers that.
-    wide = [m.id for m in await sessions.recent(session.id, chars=10_000)]
-    assert wide == await from_disk(store, session.id, 10_000) and len(wide) == 60
+    wide = [m.id for m in await sessions.recent(session.id, chars=100_000)]
+    assert wide == await from_disk(store, session.id, 100_000) and len(wide) == 66
 
 
 async def test_edits_removals_and_failed_writes_are_not_served_from_memory(store):
