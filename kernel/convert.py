@@ -19,10 +19,14 @@ from cattrs.cols import is_sequence, list_structure_factory
 from cattrs.gen import make_dict_structure_fn
 from cattrs.preconf.json import JsonConverter, make_converter
 
-from sdk import Invalid
+from sdk import INT_MAX, Invalid
 from sdk.models import OutOfRange
 
 __all__ = ["converter", "describe", "structure_body", "structure_query"]
+
+
+INT_MIN = -INT_MAX - 1
+TOO_BIG = "must fit in a signed 64-bit integer"
 
 
 class _WrongType(TypeError):
@@ -48,9 +52,15 @@ def _make() -> JsonConverter:
     conv = make_converter(forbid_extra_keys=False)
     conv.register_structure_hook(str, _strict(str, lambda v: isinstance(v, str)))
     conv.register_structure_hook(bool, _strict(bool, lambda v: isinstance(v, bool)))
-    conv.register_structure_hook(
-        int, _strict(int, lambda v: isinstance(v, int) and not isinstance(v, bool))
-    )
+    strict_int = _strict(int, lambda v: isinstance(v, int) and not isinstance(v, bool))
+
+    def int_hook(value: Any, type_: Any) -> int:
+        value = strict_int(value, type_)
+        if not INT_MIN <= value <= INT_MAX:
+            raise ValueError(TOO_BIG)
+        return int(value)
+
+    conv.register_structure_hook(int, int_hook)
 
     def float_hook(value: Any, _type: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -200,6 +210,8 @@ def structure_query(args: Mapping[str, str], cls: type) -> Any:
             if "clamp" in a.metadata:
                 low, high = a.metadata["clamp"]
                 value = min(max(value, low), high)
+            elif value > INT_MAX:
+                raise Invalid(f"invalid query parameter '{a.name}': {TOO_BIG}")
         elif kind is bool:
             if raw.lower() not in _BOOLS:
                 raise Invalid(f"invalid query parameter '{a.name}': expected a boolean")

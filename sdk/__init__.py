@@ -36,6 +36,7 @@ from .hookspecs import API_VERSION
 from .ids import now_ms, uuid7, xid
 from .llm import LLM, ChatMessage, Delta, Llm, LlmError, LlmRequest, Provider, ToolCall, ToolSpec
 from .models import (
+    INT_MAX,
     AuditNote,
     ConfigKey,
     ConfigRule,
@@ -106,6 +107,7 @@ __all__ = [
     "AGENTS",
     "API_VERSION",
     "CHAT",
+    "INT_MAX",
     "LLM",
     "NOTIFIER",
     "SKILL_CATALOG",

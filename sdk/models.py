@@ -12,6 +12,7 @@ from typing import Any, Generic, Literal, TypeVar, cast
 from attrs import define, field, frozen
 
 __all__ = [
+    "INT_MAX",
     "AuditNote",
     "ConfigKey",
     "ConfigRule",
@@ -42,6 +43,11 @@ Priority = Literal["high", "normal", "low"]
 Delivery = Literal["at_most_once", "at_least_once", "exactly_once"]
 TrustLevel = Literal["trusted", "untrusted", "sandboxed"]
 Availability = Literal["ready", "always"]
+
+
+#: The largest ``int`` of the API (http-api §0: a JSON integer that fits in a signed 64-bit value,
+#: as SQLite's do). The kernel refuses a larger one, unless the field's ``clamp`` lowers it.
+INT_MAX = 2**63 - 1
 
 
 class OutOfRange(ValueError):

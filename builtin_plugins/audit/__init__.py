@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from attrs import field, frozen
 
-from sdk import AuditPage, PluginContext, Route, hookimpl
-
-#: The largest SQLite integer (http-api §0: an ``int`` fits in 64 bits). A time bound beyond it
-#: is lowered to it, which selects the same records, instead of overflowing the query (a 500).
-_INT_MAX = 2**63 - 1
+from sdk import INT_MAX, AuditPage, PluginContext, Route, hookimpl
 
 
 @frozen
@@ -19,8 +15,8 @@ class AuditQuery:
     action: str | None = None
     target: str | None = None
     outcome: str | None = None
-    since_ms: int | None = field(default=None, metadata={"clamp": (0, _INT_MAX)})
-    until_ms: int | None = field(default=None, metadata={"clamp": (0, _INT_MAX)})
+    since_ms: int | None = field(default=None, metadata={"clamp": (0, INT_MAX)})
+    until_ms: int | None = field(default=None, metadata={"clamp": (0, INT_MAX)})
 
 
 @hookimpl

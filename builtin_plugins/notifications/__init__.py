@@ -15,6 +15,7 @@ from typing import Any
 from attrs import field, frozen
 
 from sdk import (
+    INT_MAX,
     NOTIFIER,
     ConfigKey,
     EventHandler,
@@ -117,18 +118,13 @@ def register_routes(ctx: PluginContext) -> list[Route]:
     ]
 
 
-#: The largest SQLite integer (http-api §0: an ``int`` fits in 64 bits). An offset beyond it is
-#: lowered to it (the page is empty either way) instead of overflowing the query (a 500).
-_INT_MAX = 2**63 - 1
-
-
 @frozen
 class ListQuery:
     active_only: bool = True
     severity: str | None = None
     category: str | None = None
     limit: int = field(default=50, metadata={"clamp": (1, 500)})
-    offset: int = field(default=0, metadata={"clamp": (0, _INT_MAX)})
+    offset: int = field(default=0, metadata={"clamp": (0, INT_MAX)})
 
 
 @frozen

@@ -23,6 +23,7 @@ class ThingIn:
 class ThingQuery:
     limit: int = field(default=50, metadata={"clamp": (1, 1000)})
     active: bool | None = None
+    after: int | None = None
 
 
 class Things:
@@ -72,7 +73,8 @@ class Things:
         return {"ok": True}
 
     async def list_things(self, query: ThingQuery) -> dict[str, Any]:
-        return {"limit": query.limit, "active": query.active}
+        out = {"limit": query.limit, "active": query.active}
+        return out if query.after is None else {**out, "after": query.after}
 
     async def boom(self) -> None:
         raise RuntimeError("secret internals")
@@ -190,6 +192,8 @@ async def test_body_structured_into_the_input_class(client, things):
         ({"name": "n", "count": True}, "field 'count' must be an integer"),
         ({"name": "n", "count": 1.0}, "field 'count' must be an integer"),
         ({"name": "n", "count": 11}, "field 'count' must be between 1 and 10"),
+        ({"name": "n", "count": 2**63}, "field 'count' must fit in a signed 64-bit integer"),
+        ({"name": "n", "count": -(2**63) - 1}, "field 'count' must fit in a signed 64-bit integer"),
         ({"name": "n", "kind": "c"}, "invalid value for 'kind': 'c' (expected one of: a, b)"),
         ({"name": "n", "tags": "t"}, "field 'tags' must be an array of strings"),
         ({"name": "n", "tags": [1]}, "field 'tags' must be an array of strings"),
@@ -273,6 +277,10 @@ async def test_query_parameters(client):
     assert await (await get("limit=0")).get_json() == {"limit": 1, "active": None}
     assert await error_of(await get("limit=-1")) == (400, "invalid query parameter 'limit': expected a non-negative integer")
     assert await error_of(await get("active=maybe")) == (400, "invalid query parameter 'active': expected a boolean")
+    assert (await (await get(f"after={2**63 - 1}")).get_json())["after"] == 2**63 - 1
+    assert await error_of(await get(f"after={2**63}")) == (
+        400, "invalid query parameter 'after': must fit in a signed 64-bit integer")
+    assert (await (await get(f"limit={10**30}")).get_json())["limit"] == 1000  # a clamp lowers it
 
 
 async def test_handler_not_found_error(client):
