@@ -27,15 +27,11 @@ import tomllib
 import unicodedata
 import zlib
 from collections.abc import Iterator, Mapping
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from attrs import frozen
-from packaging.markers import default_environment
-from packaging.requirements import InvalidRequirement, Requirement
 
 from sdk import Invalid, Unrecoverable
 
@@ -470,6 +466,14 @@ def check_api(manifest: Manifest) -> None:
 
 def check_requires(manifest: Manifest) -> None:
     """Every requirement whose markers hold must be installed in a satisfying version (422)."""
+    # Imported on the first check: packaging and importlib.metadata cost ~50 ms of every
+    # start-up otherwise.
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    from packaging.markers import default_environment
+    from packaging.requirements import InvalidRequirement, Requirement
+
     requires = manifest.requires
     if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
         raise Unrecoverable("invalid requirements: 'requires' must be an array of strings")

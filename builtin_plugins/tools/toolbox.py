@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
-from jsonschema.exceptions import SchemaError, best_match
-from jsonschema.validators import validator_for
 
 from sdk import (
     Contribution,
@@ -269,6 +267,10 @@ class Tools:
 
 def _schema_error(schema: Mapping[str, Any], args: Mapping[str, Any]) -> str | None:
     """Why ``args`` do not match ``schema`` (the most relevant error), or None."""
+    # Imported on the first call: jsonschema costs ~45 ms of every start-up otherwise.
+    from jsonschema.exceptions import SchemaError, best_match
+    from jsonschema.validators import validator_for
+
     cls = validator_for(schema)
     try:
         cls.check_schema(schema)
