@@ -86,7 +86,7 @@ class ToolOutcome:
 
     ``refusal`` names why it did not run or failed: ``not_found``, ``invalid`` (schema),
     ``risky`` (a high tool through the API without the flag), ``hardline``, ``path_denied``,
-    ``approval_denied``, ``timeout`` or ``failed``; ``error`` is the text for the caller
+    ``approval_denied``, ``approval_expired`` (no answer in time), ``timeout`` or ``failed``; ``error`` is the text for the caller
     (for an agent: what is fed back to the model, e.g. ``hardline_blocked: <reason>``).
     """
 

@@ -65,7 +65,7 @@ def register_config(ctx: PluginContext) -> list[ConfigKey]:
             default=60,
             minimum=1,
             maximum=3600,
-            doc="Unanswered approvals are denied after this.",
+            doc="Unanswered approval requests expire after this; the call does not run.",
         ),
         ConfigKey(
             name="tools.workspace_dir",

@@ -33,6 +33,8 @@ SECRET_WORDS = ("token", "password", "passwd", "secret", "authorization", "cooki
 
 Ask = Literal["run", "once", "ask"]
 Reason = Literal["answered", "timeout", "cancelled"]
+#: How a call's approval ended: ``expired`` is no answer within the time limit.
+Verdict = Literal["approved", "denied", "expired"]
 
 #: ``security.tool_approval`` × sensitivity → run, ask once per session and arguments, or ask.
 POLICY: dict[str, dict[Sensitivity, Ask]] = {
@@ -104,20 +106,21 @@ class Approvals:
         *,
         agent_id: str | None,
         session_id: str | None,
-    ) -> bool:
+    ) -> Verdict:
         """Whether an agent's call may run: at once by the policy or the session's cache, else
-        after asking the operator. Cancellation propagates and settles the request
-        ``cancelled``."""
+        after asking the operator, who approves or denies; no answer in time and the request
+        expires (the call does not run either). Cancellation propagates and settles the
+        request ``cancelled``."""
         ask = POLICY[self._ctx.settings.get("security.tool_approval")][sensitivity]
         if ask == "run":
-            return True
+            return "approved"
         key = (session_id or "", tool, args_digest(args))
         if ask == "once" and session_id is not None and key in self._approved:
-            return True
-        approved = await self._ask(tool, args, sensitivity, agent_id, session_id)
-        if approved and ask == "once" and session_id is not None:
+            return "approved"
+        verdict = await self._ask(tool, args, sensitivity, agent_id, session_id)
+        if verdict == "approved" and ask == "once" and session_id is not None:
             self._approved.add(key)
-        return approved
+        return verdict
 
     async def _ask(
         self,
@@ -126,7 +129,7 @@ class Approvals:
         sensitivity: Sensitivity,
         agent_id: str | None,
         session_id: str | None,
-    ) -> bool:
+    ) -> Verdict:
         timeout = int(self._ctx.settings.get("security.tool_approval_timeout_sec"))
         created = now_ms()
         pending = Pending(
@@ -146,12 +149,12 @@ class Approvals:
             del payload["created_at_ms"]  # the event's fields (http-api §18.2)
             async with asyncio.timeout(timeout):  # until expires_at_ms
                 await self._publish("tool_auth_required", payload, agent_id)
-                return await asyncio.shield(answer)
+                return "approved" if await asyncio.shield(answer) else "denied"
         except TimeoutError:
             if self._settle(pending.auth_id, False) is None:  # answered at the last moment
-                return answer.result()
+                return "approved" if answer.result() else "denied"
             await self._resolved(pending, False, SYSTEM, "timeout")
-            return False
+            return "expired"
         except asyncio.CancelledError:
             if self._settle(pending.auth_id, False) is not None:
                 await asyncio.shield(self._resolved(pending, False, SYSTEM, "cancelled"))

@@ -72,6 +72,11 @@ REFUSALS: dict[str, Refusal] = {
     "hardline": Refusal(_BLOCKED, "hardline_blocked: {reason}", Forbidden),
     "path_denied": Refusal(_DENIED, "path_denied: {reason}", Forbidden),
     "approval_denied": Refusal("approval_denied: {tool}", "approval_denied: {tool}", Forbidden),
+    "approval_expired": Refusal(
+        "approval_expired: {tool} (no answer within {limit} s)",
+        "approval_expired: {tool} (no answer within {limit} s)",
+        Forbidden,
+    ),
     "timeout": Refusal(
         "tool {tool} timed out after {limit} s", "tool {tool} timed out after {limit} s", Invalid
     ),
@@ -197,10 +202,13 @@ class Tools:
                 "tool:security_denied", call.payload(block_type=kind, error=outcome.error), source
             )
             return outcome
-        if origin == "agent" and not await self.approvals.approve(
-            name, args, tool.sensitivity, agent_id=agent_id, session_id=session_id
-        ):
-            return call.refused("approval_denied")
+        if origin == "agent":
+            verdict = await self.approvals.approve(
+                name, args, tool.sensitivity, agent_id=agent_id, session_id=session_id
+            )
+            if verdict != "approved":
+                limit = self._ctx.settings.get("security.tool_approval_timeout_sec")
+                return call.refused(f"approval_{verdict}", limit=limit)
         limit = int(self._ctx.settings.get("runtime.tool_timeout_sec"))
         tc = ToolContext(
             workspace=workspace,

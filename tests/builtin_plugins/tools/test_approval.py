@@ -149,13 +149,14 @@ async def test_respond_needs_both_fields(start, body):
     assert resp.status_code == 400
 
 
-async def test_no_answer_in_time_is_a_denial(start):
+async def test_no_answer_in_time_expires_the_request_and_the_call_does_not_run(start):
     env = await start({"security.tool_approval_timeout_sec": 1})
     task = agent_call(env, "kit_note", {})
     item = await next_pending(env)
     assert item["expires_at_ms"] == item["created_at_ms"] + 1000
     outcome = await task
-    assert (outcome.refusal, outcome.error) == ("approval_denied", "approval_denied: kit_note")
+    assert (outcome.ok, outcome.refusal, outcome.error) == (
+        False, "approval_expired", "approval_expired: kit_note (no answer within 1 s)")
     assert await resolved(env) == [
         {"auth_id": item["auth_id"], "approved": False, "operator": "system", "reason": "timeout"}
     ]
