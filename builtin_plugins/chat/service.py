@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,7 +64,8 @@ class ChatService:
         self.ctx = ctx
         self.sessions = Sessions(ctx.store)
         self.agents = Agents(ctx, lambda agent, turn: run_turn(self, agent, turn))
-        self._locks: dict[str, asyncio.Lock] = {}
+        # A session's lock lives while someone holds or awaits it, not for every session ever.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._rows: list[tuple[Any, ...]] = []
         self._flush: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -93,7 +95,10 @@ class ChatService:
     # --- the state machine ----------------------------------------------------------------------
 
     def lock(self, session_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(session_id, asyncio.Lock())
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = asyncio.Lock()
+        return lock
 
     def move(self, session: Session, event: str) -> tuple[str, str, str]:
         """Apply one transition of http-api §11.2 to ``session`` (not yet saved)."""
@@ -452,7 +457,6 @@ class ChatService:
         await self.interrupt(session, "close")
         async with self.lock(session_id):
             await self.sessions.delete(session_id)
-        self._locks.pop(session_id, None)
         await self.ctx.bus.publish(
             "session:deleted",
             {"session_id": session_id, "agent_id": session.agent_id, "operator": operator},

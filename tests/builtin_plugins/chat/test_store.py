@@ -88,3 +88,13 @@ async def test_edits_removals_and_failed_writes_are_not_served_from_memory(store
     await sessions.delete(session.id)
     with pytest.raises(NotFound):
         await sessions.get(session.id)
+
+
+async def test_only_the_most_recently_used_sessions_stay_in_memory(store):
+    sessions = Sessions(store)
+    made = [await sessions.create("aman", "persistent") for _ in range(Sessions.HOT + 10)]
+    assert len(sessions._hot) == Sessions.HOT  # bounded, whatever the number of sessions
+    oldest = made[0]
+    assert oldest.id not in sessions._hot
+    assert (await sessions.get(oldest.id)).id == oldest.id  # read back from SQLite
+    assert next(reversed(sessions._hot)) == oldest.id
