@@ -132,6 +132,16 @@ def _endpoints(plugin: Plugin, public_routes: Iterable[str]) -> list[tuple[Route
     return out
 
 
+def _new_table() -> MapAdapter:
+    """An empty route table, bound once (matched per request)."""
+    return Map(strict_slashes=True, merge_slashes=False, redirect_defaults=False).bind("localhost")
+
+
+def _same(a: Endpoint, b: Endpoint) -> bool:
+    """Whether two endpoints serve the same route of the same plugin the same way."""
+    return a.route is b.route and a.plugin is b.plugin and a.public == b.public
+
+
 def _listed(route: Route, public_routes: Iterable[str]) -> bool:
     for entry in public_routes:
         method, _, path = entry.strip().rpartition(" ")
@@ -143,39 +153,48 @@ def _listed(route: Route, public_routes: Iterable[str]) -> bool:
 class Router:
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
-        self._table: tuple[MapAdapter, dict[str, Endpoint]] = (Map().bind("localhost"), {})
+        self._table: tuple[MapAdapter, dict[str, Endpoint]] = (_new_table(), {})
         #: Paths without parameters and their methods: ``/agent/shutdown`` is a 405 for GET even
         #: though ``GET /agent/{agent_id}`` would match it.
         self._static: dict[str, set[str]] = {}
+        self._planned: dict[tuple[str, str], Endpoint] = {}  # what the table serves, by key
 
     def rebuild(
         self, plugins: Iterable[Plugin], public_routes: Callable[[Plugin], Iterable[str]]
     ) -> None:
-        """Build the table from the plugins' routes and swap it in. A duplicate (method, path)
-        between plugins is an error naming both."""
-        rules, endpoints, owners = [], {}, {}  # type: list[Rule], dict[str, Endpoint], dict[tuple[str, str], str]
+        """Bring the table in line with the plugins' routes. A duplicate (method, path) between
+        plugins is an error naming both, and changes nothing. When routes were only added (an
+        install, an enable) they are added to the live table; otherwise a new table is built
+        and swapped in. Either way it happens between two requests (no await)."""
+        planned: dict[tuple[str, str], Endpoint] = {}
         for plugin in plugins:
             if not (plugin.loaded or plugin.builtin):
                 continue
             for route, ep in _endpoints(plugin, public_routes(plugin)):
                 key = (route.method.upper(), ep.path)
-                if key in owners:
+                if key in planned:
                     raise ValueError(
-                        f"route {key[0]} {key[1]} is registered by both {owners[key]} and {plugin.name}"
+                        f"route {key[0]} {key[1]} is registered by both"
+                        f" {planned[key].plugin.name} and {plugin.name}"
                     )
-                owners[key] = plugin.name
-                name = f"{len(endpoints)}"
-                endpoints[name] = ep
-                rules.append(_MatchRule(_rule(ep.path), endpoint=name, methods=[key[0]]))
-        table = Map(rules, strict_slashes=True, merge_slashes=False, redirect_defaults=False)
-        static: dict[str, set[str]] = {}
-        for method, path in owners:
+                planned[key] = ep
+        current = self._planned
+        if all(key in planned and _same(ep, planned[key]) for key, ep in current.items()):
+            added = {key: ep for key, ep in planned.items() if key not in current}
+            adapter, endpoints = self._table
+        else:  # something went away or changed: a new table
+            added, endpoints = planned, {}
+            adapter = _new_table()
+        static = self._static if endpoints else {}
+        for (method, path), ep in added.items():
+            name = str(len(endpoints))
+            endpoints[name] = ep
+            adapter.map.add(_MatchRule(_rule(path), endpoint=name, methods=[method]))
             if not _PARAM.search(path):
                 static.setdefault(path, set()).update(
                     {method, "HEAD"} if method == "GET" else {method}
                 )
-        self._table = (table.bind("localhost"), endpoints)  # bound once, matched per request
-        self._static = static
+        self._table, self._static, self._planned = (adapter, endpoints), static, planned
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._table[1].values())

@@ -277,6 +277,8 @@ class SqliteStore:
         versions = [m.version for m in steps]
         if len(set(versions)) != len(versions):
             raise ValueError(f"plugin {plugin}: duplicate migration versions {versions}")
+        if not steps:
+            return []
 
         def apply(conn: sqlite3.Connection) -> list[int]:
             done = {
