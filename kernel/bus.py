@@ -122,8 +122,12 @@ def _sql(statement: str, *params: Any) -> Callable[[sqlite3.Connection], object]
     return lambda conn: conn.execute(statement, params)
 
 
+_unstructure_event = converter.get_unstructure_hook(Event)  # resolved once, not per event
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _dumps(event: Event) -> str:
-    return json.dumps(converter.unstructure(event), separators=(",", ":"), ensure_ascii=False)
+    return _encode(_unstructure_event(event))
 
 
 def _loads(body: str) -> Event:
