@@ -8,9 +8,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from attrs import asdict, define, evolve
+from attrs import asdict, define, evolve, field
 
-from sdk import Migration, NotFound, Store, now_ms, uuid7, xid
+from sdk import ChatMessage, Migration, NotFound, Store, now_ms, uuid7, xid
 
 __all__ = ["MIGRATIONS", "Message", "Session", "Sessions"]
 
@@ -106,6 +106,15 @@ class Message:
     tool_call_id: str | None = None
     tool_args: str | None = None
     interrupted: bool = False
+    _said: ChatMessage | None = field(default=None, init=False, eq=False, repr=False)
+
+    def said(self) -> ChatMessage:
+        """A user or assistant message as the model sees it, built once per content: a turn
+        reads the same messages again, so a long session costs little per turn."""
+        said = self._said
+        if said is None or said.content is not self.content:
+            said = self._said = ChatMessage(role=self.role, content=self.content)  # type: ignore[arg-type]
+        return said
 
     def public(self) -> dict[str, Any]:
         """The message model of D14 (``tool_name`` and ``interrupted`` only where they apply)."""
@@ -275,7 +284,14 @@ class Sessions:
             message_count=sum(1 for m in copies if m.counted),
         )
         clones = [
-            Message(**{**asdict(m), "id": uuid7(), "session_id": session.id, "event_id": None})
+            Message(
+                **{
+                    **asdict(m, filter=lambda a, _: a.init),
+                    "id": uuid7(),
+                    "session_id": session.id,
+                    "event_id": None,
+                }
+            )
             for m in copies
         ]
 

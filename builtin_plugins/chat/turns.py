@@ -337,8 +337,10 @@ def context(stored: list[Message], budget: int) -> list[ChatMessage]:
                     [ChatMessage(role="assistant", content="", tool_calls=(call,)), result]
                 )
         elif m.role in ("user", "assistant"):
-            groups.append([ChatMessage(role=m.role, content=m.content)])  # type: ignore[arg-type]
-    newest_user = max((i for i, g in enumerate(groups) if g[0].role == "user"), default=-1)
+            groups.append([m.said()])
+    newest_user = next(
+        (i for i in range(len(groups) - 1, -1, -1) if groups[i][0].role == "user"), -1
+    )
     cost = [sum(tokens(m.content) for m in g) for g in groups]
     total, start = sum(cost), 0
     while total > budget and start < newest_user:
