@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import re
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +44,8 @@ DEFER_MS = 5000  # timeouts wait at least this long after the session's last eve
 RESTART_NOTICE = "The reply was interrupted by a restart."
 QUEUE_FULL_NOTICE = "The message was not answered because the agent's queue was full."
 MESSAGE_SOURCES = ("gateway:http", "idle.manual", "explore:pipeline")
+#: The session ids other producers may use (http-api §11.3).
+PRODUCER_SESSION_ID = re.compile(r"[A-Za-z0-9:._-]{1,128}")
 
 
 @frozen(kw_only=True)
@@ -236,6 +239,8 @@ class ChatService:
         async with self.lock(session_id):
             session = await self.sessions.get(session_id)
             self.check_version(session, expected_version)
+            if session.state == "RETRYING":  # its retry answers the last user message first
+                raise Conflict(f"session {session_id} is processing")
             agent = self.agents.get(session.agent_id)
             agent.usable()
             if checks:
@@ -304,6 +309,13 @@ class ChatService:
 
     # --- checks ---------------------------------------------------------------------------------
 
+    def check_idle(self, session: Session) -> None:
+        """A retry or an edit needs a session without a turn: neither running (``PROCESSING``),
+        nor waiting in its agent's queue (``RETRYING``, or a send's turn not started yet)."""
+        agent = self.agents.by_id.get(session.agent_id)
+        if session.state in ("PROCESSING", "RETRYING") or (agent and agent.pending(session.id)):
+            raise Conflict(f"session {session.id} is processing")
+
     @staticmethod
     def check_version(session: Session, expected: int | None) -> None:
         if expected is not None and expected != session.version:
@@ -368,23 +380,48 @@ class ChatService:
     # --- messages from other producers (§11.3) ------------------------------------------------
 
     async def on_message(self, event: Event) -> None:
-        """``message_received`` that the chat endpoints, idle-run and cron did not produce."""
+        """``message_received`` that the chat endpoints, idle-run and cron did not produce: a
+        valid ``text`` and ``session_id`` or it is ignored; the agent from the payload, the
+        event's address or the default; an unknown session is created as ``background``."""
         payload = event.payload if isinstance(event.payload, dict) else {}
         if event.source in MESSAGE_SOURCES or event.source.startswith("cron:"):
             return
-        text = payload.get("text")
+        text, session_id = payload.get("text"), payload.get("session_id")
         if not isinstance(text, str) or not text.strip():
             return
-        agent_id = payload.get("agent_id") or self.ctx.settings.get("chat.default_agent")
+        if not isinstance(session_id, str) or not PRODUCER_SESSION_ID.fullmatch(session_id):
+            self.ctx.log.info("message_received %s ignored: no valid session_id", event.id)
+            return
+        most = self.ctx.settings.get("chat.max_message_chars")
+        if len(text) > most:
+            self.ctx.log.warning(
+                "message_received %s ignored: text is too long (max %d characters)", event.id, most
+            )
+            return
+        agent_id = (
+            payload.get("agent_id")
+            or event.metadata.agent_id
+            or self.ctx.settings.get("chat.default_agent")
+        )
         if agent_id not in self.agents.by_id:
             self.ctx.log.warning("message_received %s names unknown agent %s", event.id, agent_id)
             return
-        session_id = payload.get("session_id")
-        if not isinstance(session_id, str) or not session_id:
-            session_id = None
-        session_id = await self.open_session(
-            agent_id=agent_id, operator="system", session_id=session_id
-        )
+        try:
+            await self.sessions.get(session_id)
+        except NotFound:
+            await self.open_session(
+                agent_id=agent_id,
+                operator="system",
+                session_type="background",
+                session_id=session_id,
+            )
+            await self.ctx.audit.record(
+                operator="system",
+                action="chat.session.create",
+                target=f"session:{session_id}",
+                outcome="ok",
+                detail="background",
+            )
         try:
             await self.submit(
                 session_id, text, source=event.source, operator="system", event_id=event.id
@@ -467,8 +504,7 @@ class ChatService:
         """Remove what follows the last user message and queue a new turn (retry)."""
         async with self.lock(session_id):
             session = await self.sessions.get(session_id)
-            if session.state in ("PROCESSING", "RETRYING"):
-                raise Conflict(f"session {session_id} is processing")
+            self.check_idle(session)
             last = await self.sessions.last_user(session_id)
             if last is None:
                 raise Conflict(f"nothing to retry in session {session_id}")
@@ -502,8 +538,7 @@ class ChatService:
             )
             if message.role not in ("user", "assistant"):
                 raise Invalid("only user and assistant messages can be edited")
-            if session.state in ("PROCESSING", "RETRYING"):
-                raise Conflict(f"session {session_id} is processing")
+            self.check_idle(session)
             audit.detail = message.id
             regenerate = message.role == "user"
             agent = self.agents.get(session.agent_id)

@@ -369,3 +369,62 @@ async def test_the_context_keeps_the_newest_messages_within_the_budget(env):
     assert sum(len(m["content"]) for m in sent) / 4 <= 1000 - 16
     firsts = [m["content"].split(" ", 1)[0] for m in sent if m["role"] == "user"]
     assert firsts == sorted(firsts) and firsts[-1] == "5"
+
+
+async def test_messages_from_other_producers(env):
+    """http-api §11.3: a valid text and session_id, else ignored; the agent from the payload,
+    else the event's address; an unknown session is created as a background session."""
+
+    async def push(payload, **extra):
+        resp = await env.client.post("/events/push", json={
+            "source": "im:test", "event_type": "message_received", "payload": payload, **extra})
+        assert resp.status_code == 200, await resp.get_json()
+
+    for bad in ["bad id", "a/b", "x" * 129, 5, None]:
+        await push({"text": "hi", "session_id": bad}, agent_id="bob")
+    await push({"text": "", "session_id": "im-empty"}, agent_id="bob")
+    await push({"text": "x" * 100_001, "session_id": "im-long"}, agent_id="bob")
+    await push({"text": "hello", "session_id": "im:1.a_b-c"}, agent_id="bob")
+    await wait_for(lambda: [e for e in env.recorder.of_type("agent:reply_ready")
+                            if e.payload["session_id"] == "im:1.a_b-c"], timeout=10)
+    state = await env.settled("im:1.a_b-c", "IDLE", lambda s: s["message_count"] == 2)
+    assert (state["agent_id"], state["session_type"]) == ("bob", "background")
+    assert [(m["role"], m["content"]) for m in state["messages"]] == [
+        ("user", "hello"), ("assistant", "echo: hello")]
+    listed = (await (await env.client.get("/chat/sessions")).get_json())["items"]
+    assert [s["id"] for s in listed] == ["im:1.a_b-c"]  # the others were ignored
+    records = (await (await env.client.get(
+        "/audit-log?action=chat.session.create")).get_json())["items"]
+    assert [(r["operator"], r["target"]) for r in records] == [("system", "session:im:1.a_b-c")]
+
+    # The payload's agent wins over the address; a known session keeps its agent.
+    await push({"text": "again", "session_id": "im:1.a_b-c", "agent_id": "bob"}, agent_id="aman")
+    state = await env.settled("im:1.a_b-c", "IDLE", lambda s: s["message_count"] == 4)
+    assert state["messages"][-1]["content"] == "echo: again"
+
+
+async def test_a_session_has_one_turn_at_a_time(env):
+    """A retry or an edit while the session's turn waits in the queue, and a send while a retry
+    waits (``RETRYING``), would answer one message twice and another never: 409."""
+    env.server.push(Reply(status=400), Reply(text="slow one", chunk_delay=0.3))
+    failed, busy, waiting = [await env.create() for _ in range(3)]
+    await env.send(failed, "fail")
+    await env.settled(failed, "ERROR")
+    await env.send(busy, "first")
+    await wait_for(lambda: env.recorder.of_type("agent:reply_stream_start"), timeout=10)
+    processing = {"error": f"session {waiting} is processing"}
+    assert (await env.send(waiting, "q1"))["queued"] is True
+    assert await answer(await env.client.post(f"/chat/session/{waiting}/retry")) == (409, processing)
+    user = (await env.state(waiting))["messages"][0]["id"]
+    assert await answer(await env.client.post(f"/chat/session/{waiting}/edit", json={
+        "message_id": user, "new_text": "q2"})) == (409, processing)
+
+    assert (await answer(await env.client.post(f"/chat/session/{failed}/retry")))[0] == 200
+    assert (await env.state(failed))["state"] == "RETRYING"
+    assert await env.send(failed, "meanwhile", status=409) == {
+        "error": f"session {failed} is processing"}
+
+    for sid, text in [(waiting, "q1"), (failed, "fail")]:
+        state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
+        assert [(m["role"], m["content"]) for m in state["messages"]] == [
+            ("user", text), ("assistant", f"echo: {text}")]
