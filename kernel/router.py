@@ -467,6 +467,31 @@ def _parse_json(raw: bytes, content_type: str, *, strict: bool) -> Any:
             raise UnsupportedMediaType("unsupported content type; expected application/json")
         return None
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Invalid(f"invalid JSON body: {exc}") from None
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
+        # "\ud800" parses, but is no character: storing or answering it would fail later.
+        raise Invalid("invalid JSON body: a string holds a lone surrogate (\\ud800-\\udfff)")
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in a parsed JSON value (keys included) holds a surrogate that
+    did not pair up (json.loads pairs valid ones). Iterative: the value may be deeply nested."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False

@@ -209,12 +209,23 @@ async def test_bad_fields_are_400_naming_the_field(client, things, body, message
 
 @pytest.mark.parametrize(
     ("data", "message"),
-    [(b"{bad", "invalid JSON body"), (b'{"name": NaN}', "invalid JSON body"), (b"\xff\xfe", "invalid JSON body")],
+    [
+        (b"{bad", "invalid JSON body"),
+        (b'{"name": NaN}', "invalid JSON body"),
+        (b"\xff\xfe", "invalid JSON body"),
+        (b'{"name": "a\\ud800b"}', "invalid JSON body"),  # a lone surrogate: no character
+        (b'{"name": "n", "tags": [{"\\udc00": 1}]}', "invalid JSON body"),
+    ],
 )
 async def test_malformed_json_is_400(client, data, message):
     resp = await client.post("/things", data=data, headers=JSON)
     status, error = await error_of(resp)
     assert (status, error.split(":")[0]) == (400, message)
+
+
+async def test_a_surrogate_pair_is_one_character(client, things):
+    resp = await client.post("/things", data=b'{"name": "\\ud83d\\ude00 \\\\ud800"}', headers=JSON)
+    assert (await resp.get_json())["name"] == "\U0001f600 \\ud800"  # an escaped backslash is text
 
 
 async def test_empty_body_counts_as_empty_object(client):
