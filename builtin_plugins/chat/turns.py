@@ -38,6 +38,7 @@ TOOL_RESULT_CHARS = 4000
 OUTPUT_CHECK_SEC = 2.0
 SLASH = re.compile(r"/(\S+)(?:\s|$)")
 #: How an interrupted turn leaves the session (http-api §11.3 step 8, §11.2).
+TIMEOUT_NOTICE = "The reply was abandoned: no progress for {limit} s."
 INTERRUPT_MOVES = {
     "stop": ("LLM_REPLY_READY",),
     "kill": ("LLM_REPLY_READY",),
@@ -274,6 +275,9 @@ async def _interrupted(
             },
             source=f"agent:{agent.agent_id}",
         )
+    if why == "timeout":  # the history says why the message has no reply
+        limit = chat.ctx.settings.get("chat.timeouts.processing_sec")
+        add.append(new_message(session.id, "system", TIMEOUT_NOTICE.format(limit=limit)))
     await _finish(chat, session, INTERRUPT_MOVES.get(why, ("LLM_REPLY_READY",)), add)
 
 

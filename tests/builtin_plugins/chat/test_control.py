@@ -428,3 +428,20 @@ async def test_a_session_has_one_turn_at_a_time(env):
         state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
         assert [(m["role"], m["content"]) for m in state["messages"]] == [
             ("user", text), ("assistant", f"echo: {text}")]
+
+
+async def test_a_turn_without_progress_is_abandoned_and_says_so(env):
+    await env.client.post("/config/set", headers={"x-aman-confirm": "yes"},
+                          json={"changes": {"chat.timeouts.processing_sec": 1}})
+    env.server.push(Reply(text="too late", delay=30))
+    sid = await env.create()
+    await env.send(sid, "hi")
+    state = await env.settled(sid, "IDLE", lambda s: len(s["messages"]) == 2)
+    assert [(m["role"], m["content"]) for m in state["messages"]] == [
+        ("user", "hi"), ("system", "The reply was abandoned: no progress for 1 s.")]
+    await wait_for(lambda: moves(env.recorder, sid) == [
+        ("ACTIVE", "PROCESSING"), ("PROCESSING", "TIMEOUT"), ("TIMEOUT", "IDLE")])
+    env.server.push(Reply(text="in time"))
+    await env.send(sid, "again")
+    state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 3)
+    assert state["messages"][-1]["content"] == "in time"
