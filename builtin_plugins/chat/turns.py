@@ -148,6 +148,8 @@ async def _think(
             raise TurnFailed(str(exc), provider=descriptor.provider) from exc
         text = "".join(partial)
         if not calls:
+            if not text.strip():  # nothing to show: a failed turn that /retry can redo
+                raise TurnFailed("the model returned an empty reply", provider=descriptor.provider)
             return text
         messages.append(ChatMessage(role="assistant", content=text, tool_calls=calls))
         for call in calls:

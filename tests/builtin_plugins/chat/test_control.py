@@ -445,3 +445,15 @@ async def test_a_turn_without_progress_is_abandoned_and_says_so(env):
     await env.send(sid, "again")
     state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 3)
     assert state["messages"][-1]["content"] == "in time"
+
+
+async def test_an_empty_reply_is_a_failure_that_retry_recovers(env):
+    env.server.push(Reply(text=""))
+    sid = await env.create()
+    await env.send(sid, "hi")
+    state = await env.settled(sid, "ERROR")
+    assert [(m["role"], m["content"]) for m in state["messages"]] == [
+        ("user", "hi"), ("system", "The reply failed: the model returned an empty reply")]
+    assert (await answer(await env.client.post(f"/chat/session/{sid}/retry")))[0] == 200
+    state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
+    assert state["messages"][-1]["content"] == "echo: hi"
