@@ -59,11 +59,14 @@ def decode(data: bytes) -> str:
 def parse(text: str) -> Soul:
     """Parse a soul file's text by the rules of formats §4.1 (a leading byte order mark is
     ignored). Raises :class:`~sdk.Invalid` for text that is not valid Unicode (lone surrogates),
-    is over :data:`MAX_BYTES` in UTF-8, or is empty or whitespace only."""
+    holds a NUL (binary, not text), is over :data:`MAX_BYTES` in UTF-8, or is empty or
+    whitespace only."""
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         raise Invalid(EMPTY_OR_INVALID) from None
+    if "\x00" in text:
+        raise Invalid(EMPTY_OR_INVALID)
     if size > MAX_BYTES:
         raise Invalid(TOO_LARGE)
     body = text.removeprefix("\ufeff")

@@ -111,6 +111,7 @@ def test_empty_content_is_invalid(text):
 def test_content_that_is_not_utf8_is_invalid():
     assert error(decode, b"# Aman\n\xff\xfe") == EMPTY
     assert error(parse, "# Aman \ud800") == EMPTY  # a lone surrogate (JSON allows one)
+    assert error(parse, "# A\x00\n## Identity\nx\n") == EMPTY  # a NUL: binary, not text
     assert decode("# Åman\n".encode()) == "# Åman\n"
 
 
