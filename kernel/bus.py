@@ -243,7 +243,7 @@ class _WriteBehind:
             for op in ops:
                 op(conn)
 
-        future = asyncio.ensure_future(self._store.write(run))
+        future = self._store.defer(run)  # rides along with the next write's commit
         self._inflight.add(future)
         future.add_done_callback(self._done)
 
@@ -254,6 +254,7 @@ class _WriteBehind:
 
     async def wait(self) -> None:
         self._flush()
+        self._store.release()
         while self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
 

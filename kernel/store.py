@@ -51,6 +51,10 @@ def _full(exc: BaseException) -> Unavailable:
     return Unavailable(f"storage is full: {exc}", retry_after=None)
 
 
+#: How long a deferred write waits for another write to join (see :meth:`SqliteStore.defer`).
+DEFER_SEC = 0.05
+
+
 class _Job:
     __slots__ = ("fn", "future", "loop")
 
@@ -101,6 +105,8 @@ class SqliteStore:
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._closing = False
+        self._deferred: list[_Job] = []  # writes nobody waits for, until the next write
+        self._linger: asyncio.TimerHandle | None = None
         self._no_cap = 0  # SQLite's own max_page_count, read at open
         self._refusals = 0  # writes of the current batch refused for want of space
         self._full_room = 0  # the room left when a write was last refused for want of it
@@ -134,6 +140,7 @@ class SqliteStore:
     async def close(self) -> None:
         if self._writer is None or self._closing:
             return
+        self.release()
         self._closing = True  # from now on writes are refused: none can queue behind the stop
         self._jobs.put(None)
         await asyncio.to_thread(self._writer.join)
@@ -149,9 +156,32 @@ class SqliteStore:
         if self._writer is None or self._closing:
             raise Unavailable("storage is not open")
         job = _Job(fn, asyncio.get_running_loop())
+        self.release()  # the deferred writes go first, in the same transaction
         self._jobs.put(job)
         result: T = await job.future
         return result
+
+    def defer(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """A write nobody waits for (a record, a completion): it joins the transaction of the
+        next :meth:`write`, or is committed on its own ``DEFER_SEC`` later, so it costs no
+        commit of its own while others write. Answer its future (its result or error)."""
+        if self._writer is None or self._closing:
+            raise Unavailable("storage is not open")
+        loop = asyncio.get_running_loop()
+        job = _Job(fn, loop)
+        self._deferred.append(job)
+        if self._linger is None:
+            self._linger = loop.call_later(DEFER_SEC, self.release)
+        return job.future
+
+    def release(self) -> None:
+        """Hand the deferred writes to the writer now (before a read that must see them)."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        deferred, self._deferred = self._deferred, []
+        for job in deferred:
+            self._jobs.put(job)
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
         return await self.write(lambda c: c.execute(sql, params).rowcount)

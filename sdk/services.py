@@ -6,6 +6,7 @@ built-in plugin copied out of the tree and installed as an archive still works.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -152,6 +153,15 @@ class Store(Protocol):
     statements. Reads run on reader connections and never block writes."""
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    def defer(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """A write nobody waits for: it joins the next ``write``'s transaction, or is committed
+        on its own shortly after; a crash may lose it. The future says how it went."""
+        ...
+
+    def release(self) -> None:
+        """Send the deferred writes now (before a read that must see them)."""
+        ...
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int: ...
 

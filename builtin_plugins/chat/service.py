@@ -86,7 +86,7 @@ class ChatService:
         await self.agents.stop()
         with contextlib.suppress(ValueError):
             self.ctx.bus.observers.remove(self._observe)
-        await self._write_events()
+        await self.settle_events()
 
     async def _recover(self) -> None:
         """Sessions a crash left mid-turn go to ERROR with a notice, so /retry can regenerate."""
@@ -621,10 +621,13 @@ class ChatService:
 
     async def settle_events(self) -> None:
         """Wait until every event observed so far is in ``chat_events`` (read-your-writes)."""
+        rows, self._rows = self._rows, []
+        written = self.sessions.record_events(rows) if rows else None
+        self.sessions.release()
+        if written is not None:
+            await written
         if self._flush is not None and not self._flush.done():
             await asyncio.shield(self._flush)
-        if self._rows:
-            await self._write_events()
 
     async def _write_events(self) -> None:
         await asyncio.sleep(0)  # one write for what the current loop turn published

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections import OrderedDict
@@ -525,14 +526,19 @@ class Sessions:
 
     # --- raw events ---------------------------------------------------------------------------
 
-    async def record_events(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        await self._store.write(
+    def record_events(self, rows: Sequence[tuple[Any, ...]]) -> asyncio.Future[Any]:
+        """Raw session events: they ride along with the next write's commit (or go shortly)."""
+        return self._store.defer(
             lambda conn: conn.executemany(
                 "INSERT INTO chat_events (session_id, event_id, event_type, source, timestamp_ms,"
                 " payload) VALUES (?,?,?,?,?,?)",
                 rows,
             )
         )
+
+    def release(self) -> None:
+        """Send the deferred rows now (a read is about to look for them)."""
+        self._store.release()
 
     async def events(
         self,
