@@ -87,7 +87,14 @@ def free_port() -> int:
 
 
 def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMAN_")}
+    """The servers' environment: no ``AMAN_*`` settings, and bytecode caching on, as for any
+    installed program (with ``PYTHONDONTWRITEBYTECODE``, which some shells set, every start would
+    compile every module of an editable install from source again)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AMAN_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
