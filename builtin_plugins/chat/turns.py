@@ -317,6 +317,7 @@ def context(stored: list[Message], budget: int) -> list[ChatMessage]:
     dropping the oldest until they fit ``budget``; the newest user message is always kept.
     Tool results are preceded by the assistant tool call they answer."""
     groups: list[list[ChatMessage]] = []
+    cost: list[int] = []  # tokens per group
     for m in stored:
         if m.role == "tool":
             call = ToolCall(
@@ -338,16 +339,18 @@ def context(stored: list[Message], budget: int) -> list[ChatMessage]:
                     role="assistant", content="", tool_calls=(*last[0].tool_calls, call)
                 )
                 last.append(result)
+                cost[-1] += tokens(m.content)
             else:
                 groups.append(
                     [ChatMessage(role="assistant", content="", tool_calls=(call,)), result]
                 )
+                cost.append(tokens(m.content))
         elif m.role in ("user", "assistant"):
             groups.append([m.said()])
+            cost.append(tokens(m.content))
     newest_user = next(
         (i for i in range(len(groups) - 1, -1, -1) if groups[i][0].role == "user"), -1
     )
-    cost = [sum(tokens(m.content) for m in g) for g in groups]
     total, start = sum(cost), 0
     while total > budget and start < newest_user:
         total -= cost[start]
