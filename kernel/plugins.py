@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from attrs import define, field
 
@@ -51,6 +51,8 @@ from sdk.services import ServedRoute
 from . import installer
 from .hooks import HookFailed, Hooks
 from .ids import now_ms
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -969,6 +971,9 @@ class PluginManager:
             "plugin:uninstalled", {"name": name, "version": rec.version}, source="plugin-manager"
         )
         return PluginUninstalled(ok=True, name=name, version=rec.version, purged=purge)
+
+    async def run_sync(self, plugin: str, fn: Callable[..., T], *args: Any) -> T:
+        return await self.hooks.threads.run(plugin, fn, *args)
 
     def contributions(self, hook: str) -> list[Contribution]:
         """What the running plugins return from ``hook`` (a ``register_*`` hook), in load order.

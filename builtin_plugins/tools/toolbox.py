@@ -28,6 +28,7 @@ from sdk import (
     NotFound,
     Origin,
     PluginContext,
+    Plugins,
     SdkError,
     Tool,
     ToolContext,
@@ -139,6 +140,10 @@ class Tools:
     def get(self, name: str) -> Tool | None:
         return next((tool for tool in self.tools() if tool.name == name), None)
 
+    def owner(self, tool: Tool) -> str:
+        """The plugin that provides ``tool``."""
+        return next(c.plugin for c in self.contributions() if c.item is tool)
+
     def guards(self) -> list[ToolGuard]:
         """The running plugins' tool guards, in ascending order (load order among equals)."""
         found = [
@@ -242,7 +247,7 @@ class Tools:
         await self._emit("tool:dispatched", call.payload(), call.source)
         started = time.perf_counter()
         try:
-            output = await _execute(tool, args, tc, limit)
+            output = await _execute(self._ctx.plugins, self.owner(tool), tool, args, tc, limit)
             json.dumps(output)  # a result that is not JSON fails the call
         except asyncio.CancelledError:  # the turn was stopped
             error = f"tool {call.tool} was cancelled"
@@ -303,12 +308,14 @@ def _failure(call: _Call, exc: Exception, limit: int, duration: int) -> ToolOutc
     return call.refused("failed", duration, reason=f"{type(exc).__name__}: {exc}")
 
 
-async def _execute(tool: Tool, args: dict[str, Any], tc: ToolContext, limit: int) -> Any:
+async def _execute(
+    plugins: Plugins, owner: str, tool: Tool, args: dict[str, Any], tc: ToolContext, limit: int
+) -> Any:
     """Run the handler within ``limit`` seconds. When time is up or the caller is cancelled, the
     child processes the handler added to ``tc.processes`` are killed first, while they are still
     there, and then the handler is cancelled."""
     before = set(tc.processes)
-    task = asyncio.ensure_future(_invoke(tool, args, tc))
+    task = asyncio.ensure_future(_invoke(plugins, owner, tool, args, tc))
     try:
         done, _ = await asyncio.wait({task}, timeout=limit)
     finally:
@@ -321,12 +328,15 @@ async def _execute(tool: Tool, args: dict[str, Any], tc: ToolContext, limit: int
     return task.result()
 
 
-async def _invoke(tool: Tool, args: dict[str, Any], tc: ToolContext) -> Any:
-    """Run the handler: async ones on the loop, sync ones in a worker thread."""
+async def _invoke(
+    plugins: Plugins, owner: str, tool: Tool, args: dict[str, Any], tc: ToolContext
+) -> Any:
+    """Run the handler: async ones on the loop, sync ones in a worker thread of the plugin that
+    provides the tool (one that overruns holds that thread, never the runtime's exit)."""
     if inspect.iscoroutinefunction(tool.handler):
         result = await tool.handler(args, tc)
     else:
-        result = await asyncio.to_thread(tool.handler, args, tc)
+        result = await plugins.run_sync(owner, tool.handler, args, tc)
     return await result if inspect.isawaitable(result) else result
 
 

@@ -323,3 +323,37 @@ def test_a_hanging_on_shutdown_is_bounded_and_quarantines_after_three_stops(
         assert client.post("/plugin/stucksync/enable").status_code == 200
         assert plugins(client)["stucksync"]["unstable"] is False
     assert again.stop() == 0
+
+
+def test_a_sync_tool_stuck_past_its_limit_does_not_hold_up_the_exit(
+    aman, entry_point_plugin, plugin_dir, tmp_path
+):
+    """A sync tool handler runs in a daemon thread of its plugin: when it overruns
+    ``runtime.tool_timeout_sec`` the call fails, and the thread it keeps never delays the stop."""
+    stuck_tool = (
+        COMMON
+        + """
+from sdk import Tool
+
+def slow(args, tc):
+    note("called")
+    time.sleep(3600)
+
+@hookimpl
+def register_tools(ctx):
+    return [Tool(name="stuck_tool", description="never returns", handler=slow)]
+"""
+    )
+    load(entry_point_plugin, plugin_dir, stucktool=stuck_tool)
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    config = write_config(tmp_path / "aman.toml", {"runtime": {"tool_timeout_sec": 1}})
+    server = aman("--config", str(config), env={"FAULTS_DIR": str(faults)}, pythonpath=plugin_dir)
+    with server.client() as client:
+        resp = client.post("/tools/stuck_tool/execute", json={})
+        assert (resp.status_code, resp.json()) == (
+            400, {"error": "tool stuck_tool timed out after 1 s"})
+        assert calls(faults, "stucktool", "called")
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 10  # the stuck thread sleeps for an hour
