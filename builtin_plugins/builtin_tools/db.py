@@ -4,7 +4,8 @@
 lists, at most :data:`ROWS_MAX`; BLOBs as lowercase hex); ``execute`` opens it read-write
 (creating it if missing), commits and answers ``{"rows_affected"}`` (0 for statements that change
 no rows, such as ``CREATE TABLE``). ``params`` bind the ``?`` placeholders in order. The statement
-is interrupted when the call's time limit passes.
+is interrupted when the call's time limit passes. No statement reaches another file: ``ATTACH``
+and ``VACUUM`` (``INTO``) fail.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def run(args: dict[str, Any], tc: ToolContext) -> dict[str, Any]:
 def _connect(path: Path, *, read_only: bool, tc: ToolContext) -> sqlite3.Connection:
     target = f"{path.absolute().as_uri()}?mode=ro" if read_only else str(path)
     conn = sqlite3.connect(target, uri=read_only, timeout=min(tc.timeout_sec, 5.0))
+    # No other database file: ATTACH (and VACUUM INTO, which attaches its target) could open
+    # or create any file, outside the workspace or read-write beside a read-only query.
+    conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
     deadline = Deadline.of(tc)
     conn.set_progress_handler(lambda: deadline.passed, _PROGRESS_STEPS)  # true interrupts
     return conn

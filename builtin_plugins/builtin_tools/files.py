@@ -25,6 +25,9 @@ __all__ = ["edit", "find", "grep", "list_dir", "read", "write"]
 BINARY_SNIFF = 8192
 #: grep cuts the text of a matching line to this many characters.
 LINE_MAX = 1000
+#: grep searches the first this many bytes of a line (the rest is read and dropped, so a huge
+#: file without newlines costs no more memory than this).
+LINE_READ_MAX = 1 << 20
 
 
 def read(args: dict[str, Any], tc: ToolContext) -> dict[str, Any]:
@@ -227,8 +230,10 @@ def _grep_files(
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
+    """A regular file itself: like ``grep -r``, the walk does not follow symlinks (one may lead
+    out of the workspace, where the allowlist only checks the ``path`` argument)."""
     try:
-        return entry.is_file()
+        return entry.is_file(follow_symlinks=False)
     except OSError:
         return False
 
@@ -241,8 +246,13 @@ def _lines(path: Path, deadline: Deadline) -> Iterator[tuple[int, str]]:
             if b"\0" in f.read(BINARY_SNIFF):
                 return
             f.seek(0)
-            for number, raw in enumerate(f, start=1):
+            number = 0
+            while raw := f.readline(LINE_READ_MAX):
                 deadline.check()
+                number += 1
+                if not raw.endswith(b"\n"):  # a longer line: its rest is read and dropped
+                    while (rest := f.readline(LINE_READ_MAX)) and not rest.endswith(b"\n"):
+                        deadline.check()
                 yield number, raw.decode("utf-8", errors="replace").rstrip("\r\n")
     except OSError:
         return

@@ -1,7 +1,8 @@
 """Hardline rules (http-api §18.2): tool calls refused whatever the origin, the settings or an
 approval. Each rule looks at one *subject* of the call: the ``exec`` command line (``command``
-joined with ``args``), the ``db`` statement (``sql``) or the path of ``write``, ``edit`` and
-``read`` (made absolute against the workspace, both as written and with symlinks followed).
+as the shell reads it, or with ``args`` exactly those words), the ``db`` statement (``sql``,
+without its comments and quoted contents) or the path of ``write``, ``edit`` and ``read`` (made
+absolute against the workspace, both as written and with symlinks followed).
 
 Command rules look at every command of the line as :func:`.shell.commands` reads it: after
 ``;``, ``&&``, ``|``, … and backticks, behind ``sudo`` and other wrappers, and inside
@@ -11,6 +12,7 @@ Command rules look at every command of the line as :func:`.shell.commands` reads
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 
 from attrs import frozen
@@ -71,13 +73,49 @@ def _containing(*needles: str) -> Callable[[str], bool]:
 
 
 def _command_line(request: ToolRequest) -> list[str]:
+    """Without ``args`` the tool runs ``command`` with ``/bin/sh -c``: a shell line. With them it
+    runs exactly those words, quoted here so that reading the line gives them back."""
+    command = str(request.args.get("command", ""))
     extra = request.args.get("args") or []
-    words = [request.args.get("command", ""), *(extra if isinstance(extra, list) else [extra])]
-    return [" ".join(str(word) for word in words)]
+    if not extra:
+        return [command]
+    words = [command, *(extra if isinstance(extra, list) else [extra])]
+    return [shlex.join(str(word) for word in words)]
 
 
 def _sql(request: ToolRequest) -> list[str]:
-    return [str(request.args.get("sql", ""))]
+    """The statement as SQLite reads its keywords: comments (``/* */``, ``--``) become a space
+    and quoted strings and names lose their contents, so ``DROP/**/TABLE``, ``DELETE FROM t --
+    WHERE`` and ``DELETE FROM "WHERE"`` read as what runs, and a keyword in a string is text."""
+    return [_SQL_PARTS.sub(_blank, str(request.args.get("sql", "")))]
+
+
+#: A quoted string or name, or a comment (each up to its end, or to the end of the text).
+_SQL_PARTS = re.compile(
+    r"""'(?:[^']|'')*'?|"(?:[^"]|"")*"?|`[^`]*`?|\[[^\]]*\]?|/\*.*?(?:\*/|$)|--[^\n]*""", re.DOTALL
+)
+_CLOSE = {"'": "'", '"': '"', "`": "`", "[": "]"}
+
+
+def _blank(match: re.Match[str]) -> str:
+    text = match[0]
+    return " " if text[0] in "/-" else text[0] + _CLOSE[text[0]]
+
+
+def _fork_bomb(line: str) -> bool:
+    """A shell function that calls itself twice, piped or in the background, in its body:
+    ``:(){ :|:& };:``, ``f() ( f|f & )``, ``function f { f & f; }``... Quotes are ignored, so
+    a definition inside a ``sh -c '…'`` string counts too."""
+    line = line.replace("'", " ").replace('"', " ")
+    for definition in _FUNCTION.finditer(line):
+        name = definition["f"] or definition["g"]
+        body = line[definition.end() :]
+        close = "}" if definition["open"] == "{" else ")"
+        body = body[: body.find(close)] if close in body else body
+        calls = re.findall(rf"(?<![^\s;&|(){{}}]){re.escape(name)}(?![^\s;&|(){{}}])", body)
+        if len(calls) >= 2 and ("&" in body or "|" in body):
+            return True
+    return False
 
 
 def _path(request: ToolRequest) -> list[str]:
@@ -99,6 +137,10 @@ SUBJECTS: Mapping[str, Callable[[ToolRequest], list[str]]] = {
 }
 
 _NAME = r"[^\s(){}|&;<>]+"
+#: A shell function definition up to its body's opening brace or parenthesis.
+_FUNCTION = re.compile(
+    rf"(?:\bfunction\s+(?P<g>{_NAME})\s*(?:\(\s*\))?|(?P<f>{_NAME})\s*\(\s*\))\s*(?P<open>[{{(])"
+)
 _EXEC, _DB, _READ = frozenset({"exec"}), frozenset({"db"}), frozenset({"read"})
 
 #: The hardline table of §18.2, checked in this order.
@@ -106,13 +148,7 @@ HARDLINE: tuple[HardlineRule, ...] = (
     HardlineRule(
         _EXEC, _command("rm", _any_argument(_ROOT)), "recursive root filesystem deletion is blocked"
     ),
-    HardlineRule(
-        _EXEC,
-        re.compile(  # `f(){ f|f& };f` for any name `f`, also `function f { f|f& }`
-            rf"(?:\bfunction\s+)?(?P<f>{_NAME})\s*(?:\(\s*\))?\s*\{{[^}}]*?(?P=f)\s*\|\s*(?P=f)\s*&"
-        ).search,
-        "fork bomb is blocked",
-    ),
+    HardlineRule(_EXEC, _fork_bomb, "fork bomb is blocked"),
     HardlineRule(_EXEC, _command(r"mkfs(?:\..+)?", _always), "filesystem formatting is blocked"),
     HardlineRule(
         _EXEC,

@@ -54,6 +54,7 @@ def _words(line: str) -> list[str]:
 def _lex(line: str) -> list[str]:
     lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
     lexer.whitespace_split = True
+    lexer.commenters = ""  # a `#` comment ends at its newline, which became `;` above
     return list(lexer)
 
 

@@ -46,6 +46,21 @@ async def test_query_is_read_only(run, workspace):
     assert (await run("db", db_path="ro.db", sql="SELECT * FROM t"))["rows"] == []
 
 
+@pytest.mark.parametrize("operation", ["query", "execute"])
+async def test_no_statement_reaches_another_file(run, workspace, tmp_path, operation):
+    await run("db", db_path="a.db", operation="execute", sql="CREATE TABLE t (x)")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for sql in [
+        f"VACUUM INTO '{outside / 'copy.db'}'",
+        f"ATTACH 'file:{outside / 'new.db'}?mode=rwc' AS o",
+        f"ATTACH '{workspace / 'b.db'}' AS b",
+    ]:
+        with pytest.raises(ToolError, match=r"^database error: too many attached databases"):
+            await run("db", db_path="a.db", operation=operation, sql=sql)
+    assert list(outside.iterdir()) == [] and not (workspace / "b.db").exists()
+
+
 async def test_query_rows_are_capped(run, workspace):
     await run("db", db_path="big.db", operation="execute", sql="CREATE TABLE t (x)")
     await run(

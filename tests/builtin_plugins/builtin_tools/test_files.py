@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from builtin_plugins.builtin_tools import files
 from sdk import ToolError
 
 
@@ -180,6 +181,23 @@ async def test_grep_skips_binary_and_unreadable_files(run, workspace):
     (workspace / "dangling").symlink_to(workspace / "gone")
     out = await run("grep", pattern="needle")
     assert out["matches"] == [{"path": "text.txt", "line": 1, "text": "needle"}]
+
+
+async def test_grep_does_not_follow_symlinks_out_of_its_walk(run, workspace, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET\n")
+    tree(workspace, {"mine.txt": "TOPSECRET too\n"})
+    (workspace / "link.txt").symlink_to(secret)
+    out = await run("grep", pattern="TOPSECRET")
+    assert out["matches"] == [{"path": "mine.txt", "line": 1, "text": "TOPSECRET too"}]
+
+
+async def test_grep_reads_a_huge_line_in_bounded_pieces(run, workspace, monkeypatch):
+    monkeypatch.setattr(files, "LINE_READ_MAX", 64)
+    tree(workspace, {"long.txt": "needle" + "x" * 1000 + "needle-late\nneedle 2\nend"})
+    out = await run("grep", pattern="needle")
+    assert [(m["line"], m["text"][:8]) for m in out["matches"]] == [(1, "needlexx"), (2, "needle 2")]
+    assert (await run("grep", pattern="^end$"))["matches"][0]["line"] == 3
 
 
 async def test_grep_max_results_and_bad_regex(run, workspace):

@@ -54,6 +54,10 @@ BLOCKED_COMMANDS = [
     ("bomb() { bomb | bomb & }; bomb", FORK_BOMB),
     ("f ( ) {  f|f &  } ; f", FORK_BOMB),
     ("function boom { boom|boom& }; boom", FORK_BOMB),
+    ("f() ( f|f & ); f", FORK_BOMB),  # a subshell body
+    ("f() ( f|f & ); echo defined, not called", FORK_BOMB),
+    ("function f { f & f; }; f", FORK_BOMB),  # no pipe
+    ("echo x #\nchmod 755 /; echo after", CHMOD_ROOT),  # a comment ends at its newline
     ("mkfs /dev/sdb1", MKFS),
     ("mkfs.ext4 /dev/sdb1", MKFS),
     ("sudo mkfs.vfat -F 32 /dev/sdc", MKFS),
@@ -98,6 +102,10 @@ def test_blocked_commands(line, reason):
         ("kill", ["-9", "-1"], KILL_ALL),
         ("dd", ["if=/dev/zero", "of=/dev/sda"], RAW_DISK),
         ("chmod", ["777", "/"], CHMOD_ROOT),
+        # Args run as they are, no shell: quotes in them are text, not quoting.
+        ("chmod", ["755", "x'", "/", "'"], CHMOD_ROOT),
+        ("kill", ["x'", "-1", "'"], KILL_ALL),
+        ("rm", ["-rf", '"', "/", '"'], ROOT_DELETE),
     ],
 )
 def test_command_and_args_are_read_together(command, args, reason):
@@ -121,6 +129,9 @@ ALLOWED_COMMANDS = [
     "chmod 644 file",
     "echo ':(){ x }'",
     "ls -la",
+    "echo hi # chmod 755 / (a comment to the end of the line)",
+    "f() { echo f; }; f; f",
+    "grep -r 'f|f&' .",
 ]
 
 
@@ -147,6 +158,13 @@ BLOCKED_SQL = [
     ("delete from users;", DELETE_ALL),
     ("DELETE FROM a; SELECT * FROM b WHERE x = 1", DELETE_ALL),
     ("DELETE FROM a WHERE id = 1; DELETE FROM b", DELETE_ALL),
+    # Comments and quoted names do not hide what runs.
+    ("DROP/**/TABLE t", DESTRUCTIVE_SQL),
+    ("DROP\nTABLE t", DESTRUCTIVE_SQL),
+    ("DELETE FROM t -- WHERE a = 1", DELETE_ALL),
+    ("DELETE FROM t /* WHERE a = 1 */", DELETE_ALL),
+    ('DELETE FROM "WHERE"', DELETE_ALL),
+    ("DELETE FROM [t] ; SELECT 1", DELETE_ALL),
 ]
 
 
@@ -167,6 +185,10 @@ def test_blocked_sql(sql, reason):
         "CREATE TABLE t (x)",
         "DROP VIEW v",
         "INSERT INTO log (msg) VALUES ('deleted')",
+        "INSERT INTO log (msg) VALUES ('DROP TABLE x')",  # a keyword in a string is text
+        "DELETE FROM t WHERE a = '--'",
+        "DELETE FROM t WHERE a = ';'",
+        "DELETE FROM t WHERE a = 'it''s' -- a note",
     ],
 )
 def test_allowed_sql(sql):
