@@ -558,6 +558,37 @@ class Config:
             await self.on_change(result, values, operator)
         return result
 
+    def reread(self, prefix: str) -> None:
+        """Take the table ``prefix`` (``agents.bob``) from the config file as it is on disk now,
+        edited by hand maybe; the rest keeps its values. All or nothing: an unreadable file, an
+        unknown key or a wrong value is :class:`sdk.Invalid` and changes nothing."""
+        if self._path is None or not self._path.is_file():
+            return
+        try:
+            on_disk = self._read(self._path)
+        except ConfigError as exc:
+            raise Invalid(f"invalid configuration: {exc}") from None
+        _, section = _dig(on_disk, prefix)
+        candidate = copy.deepcopy(self._file)
+        try:
+            _put(candidate, prefix, copy.deepcopy(section))
+        except ValueError as exc:
+            raise Invalid(f"invalid configuration: {exc}") from None
+        leaves = self._leaves(section, prefix + ".") if isinstance(section, dict) else []
+        for name, value in leaves:
+            found = self._lookup(name)
+            if found is None:
+                raise Invalid(f"invalid configuration: unknown key '{name}'")
+            if reason := check_value(found[0], value):
+                raise Invalid(f"invalid configuration: invalid value for '{name}': {reason}")
+        broken = self._broken_rules(
+            _View(lambda n: self._value(n, candidate, boot=False), candidate)
+        )
+        if broken:
+            raise Invalid(f"invalid configuration: {broken[0]}")
+        self._file = candidate
+        self._cache.clear()
+
     def _effect(self, name: str) -> str:
         if name in self._cli or name in self._env:
             return "overridden"

@@ -477,12 +477,14 @@ async def set_status(
 
 
 async def reload(ctx: PluginContext, agent_id: str) -> dict[str, Any]:
+    """Re-read the agent's table of the config file (edited by hand maybe), then rebuild it."""
     agents = _chat(ctx).agents
-    if agent_id not in agent_ids(ctx.settings):
-        raise NotFound(f"agent not found in config: {agent_id}")
     current = agents.by_id.get(agent_id)
     if current is not None and current.status == "Busy":
         raise Conflict(f"agent {agent_id} is busy")
+    ctx.settings.reread(f"agents.{agent_id}")
+    if agent_id not in agent_ids(ctx.settings):
+        raise NotFound(f"agent not found in config: {agent_id}")
     agent = agents.load(agent_id)
     await ctx.bus.publish("agent:reloaded", {"agent_id": agent_id}, source=f"agent:{agent_id}")
     return {"ok": True, "agent_id": agent_id, "status": agent.status}

@@ -457,3 +457,27 @@ async def test_an_empty_reply_is_a_failure_that_retry_recovers(env):
     assert (await answer(await env.client.post(f"/chat/session/{sid}/retry")))[0] == 200
     state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
     assert state["messages"][-1]["content"] == "echo: hi"
+
+
+async def test_reload_reads_the_agent_table_as_edited_on_disk(env, tmp_path):
+    config = tmp_path / "aman.toml"
+    text = config.read_text()
+    config.write_text(text.replace('display_name = "Bob"', 'display_name = "Robert"')
+                      + '\n[agents.zed]\ndisplay_name = "Zed"\n')
+    assert await answer(await env.client.post("/agent/bob/reload")) == (
+        200, {"ok": True, "agent_id": "bob", "status": "Idle"})
+    bob = await (await env.client.get("/agent/bob")).get_json()
+    assert bob["descriptor"]["display_name"] == "Robert"
+    assert (await env.client.post("/agent/zed/reload")).status_code == 200  # added (§14)
+    assert "zed" in [a["descriptor"]["agent_id"] for a in
+                     await (await env.client.get("/agents")).get_json()]
+
+    config.write_text(text.replace('display_name = "Bob"', "display_name = 5"))
+    assert await answer(await env.client.post("/agent/bob/reload")) == (
+        400, {"error": "invalid configuration: invalid value for 'agents.bob.display_name': "
+                       "must be a string"})
+    config.write_text("[agents.bob\n")
+    status, out = await answer(await env.client.post("/agent/bob/reload"))
+    assert status == 400 and out["error"].startswith("invalid configuration: config error:")
+    bob = await (await env.client.get("/agent/bob")).get_json()
+    assert bob["descriptor"]["display_name"] == "Robert"  # nothing changed
