@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -457,6 +458,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e999``) is refused, since it
+    would come back out as ``Infinity``, which is not JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+#: The deepest nesting of arrays and objects a JSON body may have (decided here): deeper values
+#: cannot be stored and answered safely (every layer is a recursion on the way).
+MAX_JSON_DEPTH = 64
+
+
 def _parse_json(raw: bytes, content_type: str, *, strict: bool) -> Any:
     """http-api §1.5: an empty body is ``{}``; a non-empty one must be JSON when ``strict``."""
     if not raw:
@@ -467,12 +482,16 @@ def _parse_json(raw: bytes, content_type: str, *, strict: bool) -> Any:
             raise UnsupportedMediaType("unsupported content type; expected application/json")
         return None
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite
+        )
+    except RecursionError:
+        raise Invalid(f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise Invalid(f"invalid JSON body: {exc}") from None
-    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(value):
-        # "\ud800" parses, but is no character: storing or answering it would fail later.
-        raise Invalid("invalid JSON body: a string holds a lone surrogate (\\ud800-\\udfff)")
+    suspect = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH or _SURROGATE_ESCAPE.search(raw)
+    if suspect and (problem := _problem(value)):
+        raise Invalid(f"invalid JSON body: {problem}")
     return value
 
 
@@ -480,18 +499,19 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-def _has_lone_surrogate(value: Any) -> bool:
-    """Whether a string anywhere in a parsed JSON value (keys included) holds a surrogate that
-    did not pair up (json.loads pairs valid ones). Iterative: the value may be deeply nested."""
-    stack = [value]
+def _problem(value: Any) -> str | None:
+    """What makes a parsed JSON value unfit to store and answer: nesting deeper than
+    :data:`MAX_JSON_DEPTH`, or a string (a key too) holding a surrogate that did not pair up
+    (``"\\ud800"`` parses, but is no character). Iterative, as the value may be deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if isinstance(item, str):
             if _SURROGATE.search(item):
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
+                return "a string holds a lone surrogate (\\ud800-\\udfff)"
+        elif isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"nested deeper than {MAX_JSON_DEPTH} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None

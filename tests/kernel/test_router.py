@@ -215,12 +215,23 @@ async def test_bad_fields_are_400_naming_the_field(client, things, body, message
         (b"\xff\xfe", "invalid JSON body"),
         (b'{"name": "a\\ud800b"}', "invalid JSON body"),  # a lone surrogate: no character
         (b'{"name": "n", "tags": [{"\\udc00": 1}]}', "invalid JSON body"),
+        (b'{"name": "n", "x": 1e999}', "invalid JSON body"),  # would come out as Infinity
+        (b'{"name": "n", "x": ' + b"[" * 65 + b"]" * 65 + b"}", "invalid JSON body"),
+        (b"[" * 5000 + b"]" * 5000, "invalid JSON body"),  # deeper than the parser recurses
     ],
 )
 async def test_malformed_json_is_400(client, data, message):
     resp = await client.post("/things", data=data, headers=JSON)
     status, error = await error_of(resp)
     assert (status, error.split(":")[0]) == (400, message)
+
+
+async def test_nesting_up_to_the_limit_is_fine(client, things):
+    body = b'{"name": "n", "x": ' + b"[" * 63 + b"]" * 63 + b', "y": 1.5e300}'
+    assert (await client.post("/things", data=body, headers=JSON)).status_code == 200
+    deep = await client.post("/things", data=body.replace(b"[", b"[[", 1).replace(b"]", b"]]", 1),
+                             headers=JSON)
+    assert await error_of(deep) == (400, "invalid JSON body: nested deeper than 64 levels")
 
 
 async def test_a_surrogate_pair_is_one_character(client, things):
