@@ -189,6 +189,8 @@ def _load_yaml(text: str) -> Any:
     except yaml.YAMLError as exc:
         reason = " ".join(str(exc).split())
         raise LoadError(f"invalid YAML: {reason}") from None
+    except RecursionError:  # nested deeper than the loader can follow
+        raise LoadError("invalid YAML: nested too deeply") from None
 
 
 def _split_skill_md(path: Path, text: str) -> tuple[dict[str, Any], str]:

@@ -42,7 +42,16 @@ TIMEOUT_MAX_MS = 31_536_000_000
 
 
 class DefinitionError(ValueError):
-    """A definition that cannot be loaded (formats §3.5)."""
+    """A definition that cannot be loaded (formats §3.5). Its message is cut to
+    :data:`REASON_MAX` characters: a reason may quote a value, and a value may be huge."""
+
+    def __init__(self, reason: str) -> None:
+        if len(reason) > REASON_MAX:
+            reason = reason[:REASON_MAX] + "…"
+        super().__init__(reason)
+
+
+REASON_MAX = 500
 
 
 @frozen(kw_only=True)

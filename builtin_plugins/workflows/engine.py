@@ -53,6 +53,9 @@ from .definition import (
 
 __all__ = ["MIGRATIONS", "Engine", "Instance", "TransitionResult", "WorkflowInstance"]
 
+#: A safe loader (libyaml's when present: faster, and it does not recurse while parsing).
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 log = logging.getLogger("aman.plugin.workflows")
 
 MIGRATIONS = [
@@ -271,9 +274,11 @@ class Engine:
         )
         for path in paths:
             try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+                raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
             except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
                 raw = DefinitionError(f"not valid YAML: {exc}")
+            except RecursionError:  # nested deeper than the loader can follow
+                raw = DefinitionError("not valid YAML: nested too deeply")
             self._files.append((path, raw))
         self._defs_key = None
 

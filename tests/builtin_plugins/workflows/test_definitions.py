@@ -177,6 +177,8 @@ async def test_files_load_in_path_order_and_bad_ones_are_skipped(start_flows, fl
         "a-approval.yaml": APPROVAL,
         "b-legacy.yml": COMPAT,
         "c-broken.yaml": "name: [unclosed",
+        "c-deep.yaml": "states: " + "[" * 5000 + "]" * 5000 + "\n",  # deeper than any loader goes
+        "c-huge.yaml": "name: w\nstates: [" + "x" * 5000 + "]\n",  # quoted in the reason
         "d-list.yaml": "- 1\n- 2\n",
         "e-dup.yaml": {**APPROVAL, "name": "APPROVAL"},
         "f-badguard.yaml": minimal(name="g", transitions=[
@@ -191,10 +193,13 @@ async def test_files_load_in_path_order_and_bad_ones_are_skipped(start_flows, fl
     )
     rejected = dict(flows.engine.rejected)
     assert set(rejected) == {
-        str(flow_dir / n) for n in ("c-broken.yaml", "d-list.yaml", "e-dup.yaml",
-                                    "f-badguard.yaml", "g-builtin-dup.yaml")
+        str(flow_dir / n) for n in ("c-broken.yaml", "c-deep.yaml", "c-huge.yaml", "d-list.yaml",
+                                    "e-dup.yaml", "f-badguard.yaml", "g-builtin-dup.yaml")
     }
     assert "not valid YAML" in rejected[str(flow_dir / "c-broken.yaml")]
+    assert rejected[str(flow_dir / "c-deep.yaml")].startswith("not valid YAML: ")
+    huge = rejected[str(flow_dir / "c-huge.yaml")]
+    assert huge.startswith("workflow w: invalid state name: 'xxx") and len(huge) == 501
     assert "duplicate workflow name: APPROVAL" in rejected[str(flow_dir / "e-dup.yaml")]
 
 
