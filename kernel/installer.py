@@ -54,13 +54,16 @@ __all__ = [
 
 MANIFEST_MAX_BYTES = 64 * 1024
 SUPPORTED_API = ("1",)
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+#: A version names a directory: at most this many characters.
+VERSION_MAX = 64
+# `\Z`, not `$`, which also matches before a final newline ("evil\n").
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\Z")
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?\Z"
 )
-_ROUTE_ENTRY = re.compile(r"^(?:(GET|POST|PUT|PATCH|DELETE|HEAD) )?(/\S*)$")
+_ROUTE_ENTRY = re.compile(r"^(?:(GET|POST|PUT|PATCH|DELETE|HEAD) )?(/\S*)\Z")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _KEYS = frozenset(
     {
@@ -422,8 +425,11 @@ def parse_manifest(raw: bytes, files: frozenset[str] | None = None) -> Manifest:
             f"invalid name '{name}' (lowercase letters, digits and '-', at most 64 characters)"
         )
     version = _string(data, "version", required=True)
-    if not SEMVER_RE.match(version):
-        raise bad_manifest(f"invalid version '{version}' (SemVer 2.0.0 expected)")
+    if not SEMVER_RE.match(version) or len(version) > VERSION_MAX:
+        raise bad_manifest(
+            f"invalid version '{version[:VERSION_MAX]}' (SemVer 2.0.0 expected,"
+            f" at most {VERSION_MAX} characters)"
+        )
     description = _string(data, "description", required=False)
     if len(description) > 500:
         raise bad_manifest("'description' is longer than 500 characters")
