@@ -99,7 +99,15 @@ from .services import (
     SoulView,
     Store,
 )
-from .sources import Emit, EventSource, ImChannel, SourceInfo, Sources
+from .sources import (
+    Emit,
+    EventSource,
+    ImChannel,
+    SourceInfo,
+    Sources,
+    foreign_source,
+    source_ids_free,
+)
 from .tasks import cancel
 from .tools import TOOLS, Origin, Sensitivity, Tool, Toolbox, ToolContext, ToolError, ToolOutcome
 
@@ -201,9 +209,11 @@ __all__ = [
     "Unrecoverable",
     "UnsupportedMediaType",
     "cancel",
+    "foreign_source",
     "hookimpl",
     "in_range",
     "now_ms",
+    "source_ids_free",
     "uuid7",
     "xid",
 ]

@@ -8,14 +8,23 @@ operators, and publishes what they emit with their id as the event source.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from attrs import frozen
 
-from .models import PublishResult, TrustLevel
+from .errors import NotFound
+from .models import ConfigRule, PublishResult, TrustLevel
 
-__all__ = ["Emit", "EventSource", "ImChannel", "SourceInfo", "Sources"]
+__all__ = [
+    "Emit",
+    "EventSource",
+    "ImChannel",
+    "SourceInfo",
+    "Sources",
+    "foreign_source",
+    "source_ids_free",
+]
 
 Mode = Literal["pull", "push"]
 State = Literal["registered", "running", "paused", "shutdown"]
@@ -129,3 +138,29 @@ class Sources(Protocol):
         """Shut down the source with the same id (errors ignored) and add this one for ``owner``
         (an IM channel reload)."""
         ...
+
+
+def foreign_source(sources: Sources, owner: str, source_id: str) -> SourceInfo | None:
+    """The source with this id when another owner than the plugin ``owner`` has it (a cron
+    job, another plugin's source), else None."""
+    try:
+        info = sources.get(source_id)
+    except NotFound:
+        return None
+    return None if info.plugin == owner else info
+
+
+def source_ids_free(sources: Sources, owner: str, kinds: Sequence[str]) -> ConfigRule:
+    """A ``/config/set`` rule for a plugin whose sources come from ``[sources.<kind>.<name>]``
+    tables: the id ``<kind>:<name>`` of each must not be another owner's source (a cron job,
+    another plugin's), which would leave the table without its source."""
+
+    def check(view: Any) -> str | None:
+        for kind in kinds:
+            for name in sorted(view.table(f"sources.{kind}")):
+                source_id = f"{kind}:{name}"
+                if (other := foreign_source(sources, owner, source_id)) is not None:
+                    return f"source {source_id} already exists (a {other.kind} source)"
+        return None
+
+    return ConfigRule(check=check, startup=False)

@@ -23,7 +23,9 @@ from sdk import (
     PluginContext,
     SdkError,
     StashKey,
+    foreign_source,
     hookimpl,
+    source_ids_free,
 )
 
 from .base import ConfiguredSource
@@ -54,12 +56,23 @@ class Timers:
         return found
 
     def create_all(self) -> list[EventSource]:
-        """The sources of the configuration, for ``register_sources``."""
+        """The sources of the configuration, for ``register_sources``; one whose id another
+        source has (a cron job's, edited into ``aman.toml`` by hand) is left out and logged."""
         self.sources = {
             source_id: KINDS[kind](self._ctx, name, settings)
             for source_id, (kind, name, settings) in self.wanted().items()
+            if not self._taken(source_id)
         }
         return list(self.sources.values())
+
+    def _taken(self, source_id: str) -> bool:
+        """Whether another owner has this id (a cron job's): then its table gets no source."""
+        other = foreign_source(self._ctx.sources, self._ctx.name, source_id)
+        if other is not None:
+            self._ctx.log.error(
+                "source %s not created: a %s source has that id", source_id, other.kind
+            )
+        return other is not None
 
     async def sync(self) -> None:
         """Create, shut down and restart sources to match the configuration now."""
@@ -88,7 +101,7 @@ TIMERS = StashKey[Timers]()
 
 @hookimpl
 def register_config(ctx: PluginContext) -> list[ConfigKey | ConfigRule]:
-    return config_items()
+    return [*config_items(), source_ids_free(ctx.sources, ctx.name, tuple(FIELDS))]
 
 
 @hookimpl

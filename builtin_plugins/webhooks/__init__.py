@@ -34,7 +34,9 @@ from sdk import (
     StashKey,
     TrustLevel,
     Unavailable,
+    foreign_source,
     hookimpl,
+    source_ids_free,
 )
 
 __all__ = ["WebhookSource", "Webhooks"]
@@ -140,8 +142,18 @@ class Webhooks:
         self.sources = {
             name: WebhookSource(self._ctx, name, settings)
             for name, settings in self.wanted().items()
+            if not self._taken(f"webhook:{name}")
         }
         return list(self.sources.values())
+
+    def _taken(self, source_id: str) -> bool:
+        """Whether another owner has this id (a cron job's): then its table gets no source."""
+        other = foreign_source(self._ctx.sources, self._ctx.name, source_id)
+        if other is not None:
+            self._ctx.log.error(
+                "source %s not created: a %s source has that id", source_id, other.kind
+            )
+        return other is not None
 
     async def sync(self) -> None:
         async with self._lock:
@@ -184,6 +196,7 @@ def register_config(ctx: PluginContext) -> list[ConfigKey | ConfigRule]:
         ConfigKey(name="sources.webhook.*.event_type", type=str, default=DEFAULT_EVENT_TYPE),
         ConfigKey(name="sources.webhook.*.enabled", type=bool, default=True),
         ConfigRule(check=_tables_valid),
+        source_ids_free(ctx.sources, ctx.name, ("webhook",)),
     ]
 
 

@@ -343,3 +343,31 @@ async def test_the_default_time_zone_must_exist(make_kernel, cron):
     )
     assert resp.status_code == 200
     assert (await (await cron.add(id="j", expression="@daily")).get_json())["job"]["timezone"] == "Europe/Berlin"
+
+
+async def test_a_source_table_cannot_take_a_job_id_and_a_start_up_survives_one(
+    start_cron, tmp_path
+):
+    """A cron job ``timer:t1`` (a valid id) and a ``[sources.timer.t1]`` table would be two
+    sources with one id: ``/config/set`` refuses the table, and a file that has it anyway (edited
+    by hand) leaves the job running and the table without its source, instead of a failed start."""
+    runtime = tmp_path / "rt"
+    cron = await start_cron(runtime_dir=runtime)
+    assert (await cron.add(id="timer:t1", expression="@daily")).status_code == 200
+    resp = await cron.client.post(
+        "/config/set", headers=CONFIRM,
+        json={"changes": {"sources.timer.t1.interval_ms": 60_000,
+                          "sources.webhook.w.event_type": "x.y"}},
+    )
+    assert await answer(resp) == (
+        400, {"error": "invalid configuration: source timer:t1 already exists (a cron source)"})
+    assert not (tmp_path / "aman.toml").exists()  # all or nothing: the webhook table neither
+    await cron.kernel.lifecycle.shutdown()
+
+    config = tmp_path / "aman.toml"
+    config.write_text("[sources.timer.t1]\ninterval_ms = 60000\n")
+    again = await start_cron(runtime_dir=runtime, config_path=config)
+    assert again.kernel.lifecycle.status == "ready"
+    listed = (await (await again.client.get("/event-sources")).get_json())["items"]
+    assert [(s["id"], s["kind"]) for s in listed if s["id"] == "timer:t1"] == [("timer:t1", "cron")]
+    assert (await again.job("timer:t1"))["state"] == "running"
