@@ -105,7 +105,7 @@ from .sources import (
     ImChannel,
     SourceInfo,
     Sources,
-    foreign_source,
+    source_id_taken,
     source_ids_free,
 )
 from .tasks import cancel
@@ -209,10 +209,10 @@ __all__ = [
     "Unrecoverable",
     "UnsupportedMediaType",
     "cancel",
-    "foreign_source",
     "hookimpl",
     "in_range",
     "now_ms",
+    "source_id_taken",
     "source_ids_free",
     "uuid7",
     "xid",

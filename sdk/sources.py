@@ -9,12 +9,15 @@ operators, and publishes what they emit with their id as the event source.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from attrs import frozen
 
 from .errors import NotFound
 from .models import ConfigRule, PublishResult, TrustLevel
+
+if TYPE_CHECKING:
+    from .context import PluginContext
 
 __all__ = [
     "Emit",
@@ -22,7 +25,7 @@ __all__ = [
     "ImChannel",
     "SourceInfo",
     "Sources",
-    "foreign_source",
+    "source_id_taken",
     "source_ids_free",
 ]
 
@@ -140,7 +143,17 @@ class Sources(Protocol):
         ...
 
 
-def foreign_source(sources: Sources, owner: str, source_id: str) -> SourceInfo | None:
+def source_id_taken(ctx: PluginContext, source_id: str) -> bool:
+    """Whether another owner than ``ctx``'s plugin has a source with this id (a cron job, another
+    plugin), logged as an error: for a plugin about to create the sources of its configuration,
+    which then leaves that one out."""
+    other = _foreign_source(ctx.sources, ctx.name, source_id)
+    if other is not None:
+        ctx.log.error("source %s not created: a %s source has that id", source_id, other.kind)
+    return other is not None
+
+
+def _foreign_source(sources: Sources, owner: str, source_id: str) -> SourceInfo | None:
     """The source with this id when another owner than the plugin ``owner`` has it (a cron
     job, another plugin's source), else None."""
     try:
@@ -159,7 +172,7 @@ def source_ids_free(sources: Sources, owner: str, kinds: Sequence[str]) -> Confi
         for kind in kinds:
             for name in sorted(view.table(f"sources.{kind}")):
                 source_id = f"{kind}:{name}"
-                if (other := foreign_source(sources, owner, source_id)) is not None:
+                if (other := _foreign_source(sources, owner, source_id)) is not None:
                     return f"source {source_id} already exists (a {other.kind} source)"
         return None
 

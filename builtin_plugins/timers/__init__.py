@@ -23,8 +23,8 @@ from sdk import (
     PluginContext,
     SdkError,
     StashKey,
-    foreign_source,
     hookimpl,
+    source_id_taken,
     source_ids_free,
 )
 
@@ -61,18 +61,9 @@ class Timers:
         self.sources = {
             source_id: KINDS[kind](self._ctx, name, settings)
             for source_id, (kind, name, settings) in self.wanted().items()
-            if not self._taken(source_id)
+            if not source_id_taken(self._ctx, source_id)
         }
         return list(self.sources.values())
-
-    def _taken(self, source_id: str) -> bool:
-        """Whether another owner has this id (a cron job's): then its table gets no source."""
-        other = foreign_source(self._ctx.sources, self._ctx.name, source_id)
-        if other is not None:
-            self._ctx.log.error(
-                "source %s not created: a %s source has that id", source_id, other.kind
-            )
-        return other is not None
 
     async def sync(self) -> None:
         """Create, shut down and restart sources to match the configuration now."""

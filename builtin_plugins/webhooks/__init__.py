@@ -34,8 +34,8 @@ from sdk import (
     StashKey,
     TrustLevel,
     Unavailable,
-    foreign_source,
     hookimpl,
+    source_id_taken,
     source_ids_free,
 )
 
@@ -142,18 +142,9 @@ class Webhooks:
         self.sources = {
             name: WebhookSource(self._ctx, name, settings)
             for name, settings in self.wanted().items()
-            if not self._taken(f"webhook:{name}")
+            if not source_id_taken(self._ctx, f"webhook:{name}")
         }
         return list(self.sources.values())
-
-    def _taken(self, source_id: str) -> bool:
-        """Whether another owner has this id (a cron job's): then its table gets no source."""
-        other = foreign_source(self._ctx.sources, self._ctx.name, source_id)
-        if other is not None:
-            self._ctx.log.error(
-                "source %s not created: a %s source has that id", source_id, other.kind
-            )
-        return other is not None
 
     async def sync(self) -> None:
         async with self._lock:
