@@ -244,8 +244,9 @@ class Engine:
 
     async def start(self) -> None:
         """Read the files of ``workflows.dir`` and start the poller (its first check runs at
-        once, so timeouts that fell due while the runtime was down fire at start)."""
-        self.load_files()
+        once, so timeouts that fell due while the runtime was down fire at start). The files
+        are read and parsed in a worker thread: a big one must not stall the event loop."""
+        await self._ctx.plugins.run_sync(self._ctx.name, self.load_files)
         self.definitions()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="aman-workflows")
 
