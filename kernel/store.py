@@ -86,6 +86,17 @@ def _room(conn: sqlite3.Connection) -> int:
     return int(cap - pages + free)
 
 
+def _settled(result: Any) -> Any:
+    """A write function's result as its caller gets it: a cursor (``lambda c: c.execute(...)``)
+    is closed here, on the writer thread, and becomes None. Handed to the event loop, it would
+    be finalized there one day, resetting a cached statement of the writer's connection while
+    the writer may be running it (``InterfaceError: bad parameter or other API misuse``)."""
+    if isinstance(result, sqlite3.Cursor):
+        result.close()
+        return None
+    return result
+
+
 def _settle(job: _Job, result: Any, error: BaseException | None) -> None:
     if job.future.done():
         return
@@ -246,7 +257,7 @@ class SqliteStore:
             for index, job in enumerate(jobs):
                 conn.execute("SAVEPOINT job")
                 try:
-                    outcomes.append((job, job.fn(conn), None))
+                    outcomes.append((job, _settled(job.fn(conn)), None))
                     conn.execute("RELEASE job")
                 except Exception as exc:  # noqa: BLE001 - handed to the awaiting writer
                     error = self._refused(exc, job.loop)

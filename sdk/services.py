@@ -150,7 +150,9 @@ class Bus(Protocol):
 class Store(Protocol):
     """The runtime's SQLite database (WAL). Writes run on one writer thread and are committed in
     groups; a write function runs inside its own savepoint, so its failure rolls back only its own
-    statements. Reads run on reader connections and never block writes."""
+    statements, and what it returns is the caller's answer (a cursor is closed on the writer
+    thread and answers None: take ``rowcount`` or ``lastrowid`` inside). Reads run on reader
+    connections and never block writes."""
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 

@@ -417,3 +417,13 @@ def test_runtime_lock_refuses_a_second_holder_in_the_same_process(tmp_path: Path
 def test_runtime_lock_is_free_when_nobody_holds_it(tmp_path: Path) -> None:
     assert other_process_acquires(tmp_path)
     assert other_process_acquires(tmp_path)
+
+
+async def test_a_cursor_never_leaves_the_writer_thread(store):
+    """A write function that returns its cursor gets None: the cursor is closed on the writer
+    thread (finalized on the event loop, it reset a statement the writer was running)."""
+    assert await store.write(lambda c: c.execute("INSERT INTO t (v) VALUES ('x')")) is None
+    deferred = store.defer(lambda c: c.executemany("INSERT INTO t (v) VALUES (?)", [("y",), ("z",)]))
+    store.release()
+    assert await deferred is None
+    assert [r["v"] for r in await store.fetchall("SELECT v FROM t ORDER BY v")] == ["x", "y", "z"]
