@@ -81,6 +81,7 @@ from http_overhead import (
     ForeignCpu,
     Server,
     aman_command,
+    aman_serve,
     busy_fraction,
     loadavg,
     machine,
@@ -503,20 +504,16 @@ def make_server(
     )
 
     def command(port: int) -> list[str]:
-        return [
-            *launcher,
-            "serve",
-            "--bind",
-            f"{HOST}:{port}",
-            "--token",
+        return aman_serve(
+            port,
+            workdir / "runtime",
             TOKEN,
-            "--runtime-dir",
-            str(workdir / "runtime"),
             "--config",
             str(config),
             "--log-level",
             "warning",
-        ]
+            launcher=launcher,
+        )
 
     return Server("aman", command, workdir)
 

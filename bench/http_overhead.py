@@ -99,6 +99,24 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def aman_serve(
+    port: int, runtime_dir: Path, token: str, *extra: str, launcher: list[str] | None = None
+) -> list[str]:
+    """The command line of ``aman serve`` on ``HOST:port`` with its own runtime directory, as
+    every benchmark starts it (``extra``: more flags; ``launcher``: instead of ``aman``)."""
+    return [
+        *(launcher or aman_command()),
+        "serve",
+        "--bind",
+        f"{HOST}:{port}",
+        "--token",
+        token,
+        "--runtime-dir",
+        str(runtime_dir),
+        *extra,
+    ]
+
+
 def aman_command() -> list[str]:
     script = Path(sys.executable).with_name("aman")
     if script.is_file() and os.access(script, os.X_OK):
@@ -194,16 +212,7 @@ def make_servers(workdir: Path) -> tuple[Server, Server]:
     bare_dir.mkdir()
 
     def aman_cmd(port: int) -> list[str]:
-        return [
-            *aman_command(),
-            "serve",
-            "--bind",
-            f"{HOST}:{port}",
-            "--token",
-            TOKEN,
-            "--runtime-dir",
-            str(aman_dir / "runtime"),
-        ]
+        return aman_serve(port, aman_dir / "runtime", TOKEN)
 
     def bare_cmd(port: int) -> list[str]:
         return [

@@ -56,6 +56,7 @@ from http_overhead import (
     ForeignCpu,
     Server,
     aman_command,
+    aman_serve,
     busy_fraction,
     loadavg,
     machine,
@@ -237,16 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (workdir / name).mkdir()
         aman = Server(
             "aman",
-            lambda port: [
-                *aman_command(),
-                "serve",
-                "--bind",
-                f"{HOST}:{port}",
-                "--token",
-                TOKEN,
-                "--runtime-dir",
-                str(workdir / "aman" / "runtime"),
-            ],
+            lambda port: aman_serve(port, workdir / "aman" / "runtime", TOKEN),
             workdir / "aman",
         )
         bare = Server(

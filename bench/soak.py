@@ -84,7 +84,7 @@ from http_overhead import (
     HOST,
     ForeignCpu,
     Server,
-    aman_command,
+    aman_serve,
     busy_fraction,
     loadavg,
     machine,
@@ -854,18 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runtime = workdir / "runtime"
 
         def command(port: int) -> list[str]:
-            return [
-                *aman_command(),
-                "serve",
-                "--bind",
-                f"{HOST}:{port}",
-                "--token",
-                TOKEN,
-                "--runtime-dir",
-                str(runtime),
-                "--log-level",
-                "warning",
-            ]
+            return aman_serve(port, runtime, TOKEN, "--log-level", "warning")
 
         server = Server("aman", command, workdir)
         try:

@@ -62,7 +62,7 @@ from http_overhead import (
     HOST,
     ForeignCpu,
     Server,
-    aman_command,
+    aman_serve,
     busy_fraction,
     loadavg,
     machine,
@@ -398,18 +398,7 @@ def make_servers(workdir: Path) -> tuple[Server, Server]:
     anchor_dir.mkdir()
 
     def aman_cmd(port: int) -> list[str]:
-        return [
-            *aman_command(),
-            "serve",
-            "--bind",
-            f"{HOST}:{port}",
-            "--token",
-            TOKEN,
-            "--runtime-dir",
-            str(aman_dir / "runtime"),
-            "--log-level",
-            "warning",
-        ]
+        return aman_serve(port, aman_dir / "runtime", TOKEN, "--log-level", "warning")
 
     def anchor_cmd(port: int) -> list[str]:
         return [
