@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from attrs import field, frozen
+
+from sdk.yamldoc import YamlError, load_yaml
 
 __all__ = [
     "SEMVER",
@@ -47,7 +48,6 @@ _PLATFORMS = ("linux", "macos", "windows")
 _ENVIRONMENTS = ("docker", "s6")
 _PRIORITIES = ("high", "normal", "low")
 _FENCE = re.compile(r"^```[ \t]*yaml[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # safe_load, with libyaml if present
 
 
 class LoadError(Exception):
@@ -185,12 +185,9 @@ def parse(path: Path, content: str, content_hash: str) -> Skill:
 
 def _load_yaml(text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)  # a safe loader (CSafeLoader or SafeLoader)
-    except yaml.YAMLError as exc:
-        reason = " ".join(str(exc).split())
-        raise LoadError(f"invalid YAML: {reason}") from None
-    except RecursionError:  # nested deeper than the loader can follow
-        raise LoadError("invalid YAML: nested too deeply") from None
+        return load_yaml(text)
+    except YamlError as exc:
+        raise LoadError(f"invalid YAML: {exc}") from None
 
 
 def _split_skill_md(path: Path, text: str) -> tuple[dict[str, Any], str]:

@@ -24,7 +24,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from attrs import Factory, define, frozen
 
 from sdk import (
@@ -40,6 +39,7 @@ from sdk import (
     now_ms,
     xid,
 )
+from sdk.yamldoc import YamlError, load_yaml
 
 from .definition import (
     ARCHIVED,
@@ -52,9 +52,6 @@ from .definition import (
 )
 
 __all__ = ["MIGRATIONS", "Engine", "Instance", "TransitionResult", "WorkflowInstance"]
-
-#: A safe loader (libyaml's when present: faster, and it does not recurse while parsing).
-_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 log = logging.getLogger("aman.plugin.workflows")
 
@@ -275,11 +272,9 @@ class Engine:
         )
         for path in paths:
             try:
-                raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
-            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                raw = load_yaml(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, YamlError) as exc:
                 raw = DefinitionError(f"not valid YAML: {exc}")
-            except RecursionError:  # nested deeper than the loader can follow
-                raw = DefinitionError("not valid YAML: nested too deeply")
             self._files.append((path, raw))
         self._defs_key = None
 
