@@ -180,9 +180,7 @@ class Scheduler:
                 source.next_due = None
                 return
             if after_stop and record.misfire == "run_once" and record.fired_through_ms is not None:
-                since = _utc(
-                    record.fired_through_ms
-                )  # the next check publishes the latest missed tick
+                since = _utc(record.fired_through_ms)  # the next check publishes the latest missed
             else:
                 since = now
                 if (record.fired_through_ms or 0) < _ms(now):
@@ -191,49 +189,48 @@ class Scheduler:
             source.next_due = source.expression.next_after(since, source.tz)
 
     async def check(self) -> None:
-        """Fire every job that is due now (called every second by the loop)."""
-        now = self.clock()
-        for source in list(self._sources.values()):
-            if source.next_due is not None and source.next_due <= now:
-                await self._fire(source, now)
-        self.checks += 1
+        """Fire every job that is due now (called every second by the loop). Checks take turns:
+        one that finds nothing due still returns only after a check firing at the time has
+        published its ticks."""
+        async with self._lock:
+            now = self.clock()
+            for source in list(self._sources.values()):
+                if source.next_due is not None and source.next_due <= now:
+                    await self._fire(source, now)
+            self.checks += 1
 
     async def _fire(self, source: CronSource, now: datetime) -> None:
-        async with self._lock:
-            record, emit = source.record, source.emit
-            if not source.live or emit is None or source.next_due is None or source.next_due > now:
-                return
-            scheduled = source.expression.latest_at_or_before(now, source.tz)
-            source.next_due = source.expression.next_after(now, source.tz)
-            if scheduled is None or _ms(scheduled) <= (record.fired_through_ms or -1):
-                return  # never the same scheduled time twice
-            record.fired_through_ms = record.last_run_at_ms = _ms(scheduled)
-            await self._save_progress(
-                record
-            )  # before publishing: a crash loses a tick, never repeats one
-            payload = {
-                "cron_expression": record.expression,
-                "scheduled_at": cron.rfc3339(scheduled, source.tz),
-                "timezone": record.timezone,
-                "job_id": record.id,
-                "agent_key": record.agent_key,
-            }
-            try:
-                await emit(
-                    "cron_tick",
-                    payload,
-                    delivery="at_least_once",
-                    dedup_key=f"cron:{record.id}:{_ms(scheduled)}",
-                )
-            except SdkError as exc:
-                log.warning(
-                    "cron job %s: tick %s not published: %s",
-                    record.id,
-                    payload["scheduled_at"],
-                    exc,
-                )
-            if record.prompt:
-                await self._prompt(record)
+        """Publish the job's latest due tick (with the lock held)."""
+        record, emit = source.record, source.emit
+        if not source.live or emit is None or source.next_due is None or source.next_due > now:
+            return
+        scheduled = source.expression.latest_at_or_before(now, source.tz)
+        source.next_due = source.expression.next_after(now, source.tz)
+        if scheduled is None or _ms(scheduled) <= (record.fired_through_ms or -1):
+            return  # never the same scheduled time twice
+        record.fired_through_ms = record.last_run_at_ms = _ms(scheduled)
+        # saved before publishing: a crash loses a tick, never repeats one
+        await self._save_progress(record)
+        payload = {
+            "cron_expression": record.expression,
+            "scheduled_at": cron.rfc3339(scheduled, source.tz),
+            "timezone": record.timezone,
+            "job_id": record.id,
+            "agent_key": record.agent_key,
+        }
+        try:
+            await emit(
+                "cron_tick",
+                payload,
+                delivery="at_least_once",
+                dedup_key=f"cron:{record.id}:{_ms(scheduled)}",
+            )
+        except SdkError as exc:
+            log.warning(
+                "cron job %s: tick %s not published: %s", record.id, payload["scheduled_at"], exc
+            )
+        if record.prompt:
+            await self._prompt(record)
 
     async def _prompt(self, record: JobRecord) -> None:
         """The job's prompt as a user message in its own background session (http-api §19)."""

@@ -49,6 +49,17 @@ async def test_when_behind_only_the_latest_missed_tick_fires(cron):
     assert (await cron.job("j"))["next_run_at_ms"] == ms_of("2030-01-01T00:06:00+00:00")
 
 
+async def test_a_check_returns_after_a_check_already_firing_has_published(cron):
+    clock = cron.fake_clock()
+    await cron.add(id="j", expression="* * * * *")
+    clock.advance(minutes=1)
+    firing = asyncio.create_task(cron.scheduler.check())  # as the loop's check, once a second
+    await asyncio.sleep(0)  # it is now storing the job's progress, the tick not yet published
+    await cron.scheduler.check()  # nothing left due for this one: it waits for the other
+    assert await cron.published("j") == ["2030-01-01T00:01:00+00:00"]
+    await firing
+
+
 async def test_pause_stops_firing_and_ticks_due_while_paused_are_skipped(cron):
     clock = cron.fake_clock()
     await cron.add(id="j", expression="* * * * *")
