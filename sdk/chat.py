@@ -4,6 +4,7 @@ and the ``chat`` plugin's service for plugins that start turns (idle-run, explor
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
@@ -119,6 +120,14 @@ class Chat(Protocol):
     async def post_reply(self, session_id: str, text: str, *, source: str) -> str:
         """Store an assistant message and publish ``agent:reply_ready`` from ``source`` with
         ``turns_processed: 0`` (pipelines such as explore); answer the message id."""
+        ...
+
+    def activity(
+        self, agent_id: str, kind: str, session_id: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Show ``{"kind", "session_id", "since_ms"}`` as the agent's ``activity`` while the
+        block runs: work outside the turn queue, such as an explore pipeline. A running turn's
+        own activity shows instead while it runs."""
         ...
 
 

@@ -140,7 +140,8 @@ class Agent:
     status: str = "Idle"
     error: str | None = None
     system_state: str = "ready"
-    activity: dict[str, Any] | None = None
+    activity: dict[str, Any] | None = None  # the running turn's
+    outside: dict[str, Any] | None = None  # work outside the turn queue (Chat.activity)
     registered_at: int = field(factory=now_ms)
     queue: deque[Turn] = field(factory=deque)
     current: Turn | None = None
@@ -161,7 +162,7 @@ class Agent:
             "active_session_id": self.current.session_id if self.current else None,
             "registered_at": self.registered_at,
             "system_state": self.system_state,
-            "activity": self.activity,
+            "activity": self.activity or self.outside,
             "pending_turns": len(self.queue),
             "error": self.error,
         }

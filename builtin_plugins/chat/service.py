@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from attrs import frozen
@@ -306,6 +306,17 @@ class ChatService:
             session.message_count += 1
             await self.save(session, [], add=[message])
             return message.id
+
+    @contextlib.contextmanager
+    def activity(self, agent_id: str, kind: str, session_id: str) -> Iterator[None]:
+        agent = self.agents.get(agent_id)
+        mark = {"kind": kind, "session_id": session_id, "since_ms": now_ms()}
+        agent.outside = mark
+        try:
+            yield
+        finally:
+            if agent.outside is mark:
+                agent.outside = None
 
     # --- checks ---------------------------------------------------------------------------------
 

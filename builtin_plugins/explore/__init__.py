@@ -67,7 +67,8 @@ class Explorations:
 
     async def _run(self, run: Exploration) -> None:
         try:
-            await explore(self._ctx, run)
+            with self._ctx.stash[CHAT].activity(run.agent_id, "explore", run.session_id):
+                await explore(self._ctx, run)
         except Exception:  # logged (BLE001 allows it): the session went away, chat stopped
             self._ctx.log.exception("exploration of agent %s ended", run.agent_id)
         finally:

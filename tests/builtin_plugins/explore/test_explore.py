@@ -443,6 +443,26 @@ async def test_one_exploration_per_agent_at_a_time(boot):
     ]
 
 
+async def test_the_agent_shows_its_exploration_as_its_activity_while_it_runs(boot):
+    hub = InfoHub()
+    hub.hold.clear()
+    env = await boot(sources("hacker-news"), hub)
+
+    async def activity() -> Any:
+        return (await (await env.client.get("/agent/aman")).get_json())["activity"]
+
+    assert await activity() is None
+    status, out = await env.start()
+    assert status == 200, out
+    await wait_for(lambda: env.replies(out["session_id"]) == ["Exploring hacker-news…"])
+    shown = await activity()
+    assert {k: shown[k] for k in ("kind", "session_id")} == {"kind": "explore", "session_id": out["session_id"]}
+    assert isinstance(shown["since_ms"], int)
+    hub.hold.set()
+    await env.finished(out["session_id"])
+    assert await activity() is None
+
+
 async def test_shutdown_cancels_a_running_exploration(boot):
     hub = InfoHub()
     hub.hold.clear()
