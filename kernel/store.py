@@ -111,7 +111,9 @@ class SqliteStore:
 
     def __init__(self) -> None:
         self.path: Path | None = None
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Each item: jobs that go into one transaction together (a write and the deferred
+        # writes handed over with it); None stops the writer.
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
@@ -167,8 +169,7 @@ class SqliteStore:
         if self._writer is None or self._closing:
             raise Unavailable("storage is not open")
         job = _Job(fn, asyncio.get_running_loop())
-        self.release()  # the deferred writes go first, in the same transaction
-        self._jobs.put(job)
+        self._jobs.put([*self._take_deferred(), job])  # the deferred writes first, one commit
         result: T = await job.future
         return result
 
@@ -187,12 +188,15 @@ class SqliteStore:
 
     def release(self) -> None:
         """Hand the deferred writes to the writer now (before a read that must see them)."""
+        if deferred := self._take_deferred():
+            self._jobs.put(deferred)
+
+    def _take_deferred(self) -> list[_Job]:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
         deferred, self._deferred = self._deferred, []
-        for job in deferred:
-            self._jobs.put(job)
+        return deferred
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> int:
         return await self.write(lambda c: c.execute(sql, params).rowcount)
@@ -212,7 +216,7 @@ class SqliteStore:
             first = self._jobs.get()
             if first is None:
                 break
-            batch = [first]
+            batch = first
             while len(batch) < _BATCH_MAX:
                 try:
                     nxt = self._jobs.get_nowait()
@@ -221,7 +225,7 @@ class SqliteStore:
                 if nxt is None:
                     self._jobs.put(None)  # finish this batch, then stop
                     break
-                batch.append(nxt)
+                batch += nxt
             self._commit(conn, batch)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -427,3 +427,20 @@ async def test_a_cursor_never_leaves_the_writer_thread(store):
     store.release()
     assert await deferred is None
     assert [r["v"] for r in await store.fetchall("SELECT v FROM t ORDER BY v")] == ["x", "y", "z"]
+
+
+async def test_deferred_writes_ride_in_the_next_writes_transaction(store):
+    before = store.commits
+    deferred = [store.defer(lambda c, i=i: c.execute("INSERT INTO t (v) VALUES (?)", (f"d{i}",))) for i in range(3)]
+    assert store.commits == before  # nothing handed to the writer yet
+    await store.write(lambda c: c.execute("INSERT INTO t (v) VALUES ('w')"))
+    assert store.commits - before == 1  # the three deferred and the write: one commit
+    assert [await d for d in deferred] == [None, None, None]
+    assert [r["v"] for r in await store.fetchall("SELECT v FROM t ORDER BY rowid")] == ["d0", "d1", "d2", "w"]
+
+
+async def test_a_deferred_write_alone_commits_soon_on_its_own(store):
+    before = store.commits
+    await store.defer(lambda c: c.execute("INSERT INTO t (v) VALUES ('late')"))  # no write follows
+    assert store.commits - before == 1
+    assert [r["v"] for r in await store.fetchall("SELECT v FROM t")] == ["late"]
