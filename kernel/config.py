@@ -364,6 +364,8 @@ class Config:
             raise ConfigError(f"config error: cannot read {path}: {exc.strerror or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config error: {path}: {exc}") from None
+        except RecursionError:  # tomllib recurses once per level of nesting
+            raise ConfigError(f"config error: {path}: nested too deeply") from None
 
     # --- declaration and validation --------------------------------------------------------
 

@@ -416,6 +416,8 @@ def parse_manifest(raw: bytes, files: frozenset[str] | None = None) -> Manifest:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise bad_manifest(f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per level of nesting
+        raise bad_manifest("invalid TOML: nested too deeply") from None
     for key in data:
         if key not in _KEYS:
             raise bad_manifest(f"unknown key '{key}'")

@@ -74,5 +74,5 @@ def _tls() -> ssl.SSLContext:
 def _json(text: str) -> Any:
     try:
         return json.loads(text) if text.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return None

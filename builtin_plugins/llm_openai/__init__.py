@@ -166,7 +166,7 @@ class _Reply:
             return ""
         try:
             chunk = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise LlmError(f"invalid stream from {url}: not JSON: {data[:100]!r}") from None
         if isinstance(chunk, dict) and "error" in chunk:
             raise LlmError(f"error in the stream from {url}: {_message(chunk)}")
@@ -217,7 +217,7 @@ def _tool_call(index: int, call: _Call) -> ToolCall:
     text = "".join(call.arguments).strip() or "{}"
     try:
         arguments = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         arguments = None
     if not isinstance(arguments, dict):
         raise LlmError(
@@ -230,7 +230,7 @@ def _server_message(content: bytes) -> str:
     """The error message of an OpenAI-style error body, else its first 200 characters."""
     try:
         return _message(json.loads(content))
-    except ValueError:
+    except (ValueError, RecursionError):
         return content.decode("utf-8", "replace").strip()[:200]
 
 

@@ -132,7 +132,10 @@ class Subscriber:
             for plugin in self._ctx.plugins.list():
                 if plugin.state == "failed":
                     await raise_(
-                        "warning", "plugin", "Plugin failed to load", f"{plugin.name}: {plugin.error}"
+                        "warning",
+                        "plugin",
+                        "Plugin failed to load",
+                        f"{plugin.name}: {plugin.error}",
                     )
         elif kind == "agent:reply_ready" and payload.get("background") is True:
             await raise_(

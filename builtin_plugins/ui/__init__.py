@@ -21,7 +21,9 @@ _MAX_LABEL = 64
 
 @hookimpl
 def register_routes(ctx: PluginContext) -> list[Route]:
-    return [Route(method="GET", path="/ui/pages", handler=pages, public=True, availability="always")]
+    return [
+        Route(method="GET", path="/ui/pages", handler=pages, public=True, availability="always")
+    ]
 
 
 def _page(item: Any) -> UiPage:

@@ -139,6 +139,13 @@ def test_malformed_toml_is_a_config_error(tmp_path: Path) -> None:
         Config(env={}, cwd=tmp_path)
 
 
+def test_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "aman.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+
+    with pytest.raises(ConfigError, match=r"^config error: .*aman\.toml: nested too deeply$"):
+        Config(env={}, cwd=tmp_path)
+
+
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^config error: cannot read "):
         Config(tmp_path, env={}, cwd=tmp_path)  # a directory

@@ -386,6 +386,7 @@ CASES: list[tuple[str, Callable[[], bytes], dict[str, Any], int, str]] = [
     ("two manifests", _two_manifests, {}, 400, LAYOUT),
     ("manifest below the top folder", lambda: archive({f"sub/{k}": v for k, v in plugin_files().items()}), {}, 400, LAYOUT),
     ("bad TOML", lambda: archive(plugin_files(manifest='name = "hello\n')), {}, 400, MANIFEST_ERR + "invalid TOML: "),
+    ("TOML nested too deeply", lambda: archive(plugin_files(manifest=_manifest("x = " + "[" * 5000 + "]" * 5000 + "\n"))), {}, 400, MANIFEST_ERR + "invalid TOML: nested too deeply"),
     ("manifest not UTF-8", lambda: _bad_utf8(), {}, 400, MANIFEST_ERR + "plugin.toml is not valid UTF-8"),
     ("unknown key", lambda: archive(plugin_files(manifest=_manifest('colour = "red"\n'))), {}, 400, MANIFEST_ERR + "unknown key 'colour'"),
     ("unknown ui key", lambda: archive(plugin_files(manifest=MANIFEST.format(name="hello", version="0.1.0").replace("[ui]\n", "[ui]\ntheme = 1\n"))), {}, 400, MANIFEST_ERR + "unknown key 'theme'"),

@@ -20,6 +20,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/json":
             self.answer(200, b'{"a": [1, 2]}', "application/json", {"X-Test": "yes"})
+        elif self.path == "/deep":
+            self.answer(200, b"[" * 100_000 + b"]" * 100_000, "application/json")
         elif self.path == "/latin1":
             self.answer(200, "café".encode("latin-1"), "text/plain; charset=iso-8859-1")
         elif self.path == "/big":
@@ -89,6 +91,11 @@ async def test_method_headers_and_body_are_sent(run, base):
 async def test_error_status_is_not_ok_and_text_is_not_json(run, base):
     out = await run("http", url=f"{base}/missing")
     assert (out["ok"], out["status"], out["body"], out["json"]) == (False, 404, "nope", None)
+
+
+async def test_json_nested_too_deeply_to_parse_is_given_as_text_only(run, base):
+    out = await run("http", url=f"{base}/deep")
+    assert (out["ok"], out["json"], len(out["body"])) == (True, None, 200_000)
 
 
 async def test_redirects_are_followed_and_charset_is_honoured(run, base):

@@ -90,6 +90,13 @@ async def test_invalid_tool_arguments_fail_and_are_not_transient(provider, opena
     assert error.transient is False
 
 
+async def test_tool_arguments_nested_too_deeply_fail_as_invalid_json(provider, openai_server):
+    openai_server.push(Reply(tool_calls=[("search", "[" * 100_000 + "]" * 100_000)]))
+    _, error = await failure(provider())
+    assert str(error).startswith("the model sent invalid JSON arguments for tool search: '[[[")
+    assert error.transient is False
+
+
 async def test_the_request_has_the_openai_shape(provider, openai_server):
     request = LlmRequest(
         model="gpt-test",
