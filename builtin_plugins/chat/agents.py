@@ -4,6 +4,7 @@ turn queue, and the system prompt a turn starts with (formats §4.4)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -131,6 +132,21 @@ class Turn:
     def progress(self) -> None:
         self.progress_at = now_ms()
 
+    def marker(self) -> str:
+        """What a restart needs to queue this turn again (``Session.queued``)."""
+        fields = {"retry": self.retry, "system_state": self.system_state, "activity": self.activity}
+        return json.dumps(fields, separators=(",", ":"))
+
+    @classmethod
+    def from_marker(cls, session_id: str, marker: str) -> Turn:
+        fields = json.loads(marker)
+        return cls(
+            session_id=session_id,
+            retry=bool(fields["retry"]),
+            system_state=str(fields["system_state"]),
+            activity=str(fields["activity"]),
+        )
+
 
 @define(kw_only=True, eq=False)
 class Agent:
@@ -154,6 +170,10 @@ class Agent:
 
     def pending(self, session_id: str | None = None) -> int:
         return sum(1 for t in self.queue if session_id is None or t.session_id == session_id)
+
+    def marker(self, session_id: str) -> str | None:
+        """The marker of the session's next queued turn (``Session.queued``), if any."""
+        return next((t.marker() for t in self.queue if t.session_id == session_id), None)
 
     def public(self) -> dict[str, Any]:
         return {

@@ -76,9 +76,9 @@ class ChatService:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._recover()
         self.agents.start()
         self.ctx.bus.observers.append(self._observe)
+        await self._recover()
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="chat:timeouts")
 
     async def stop(self) -> None:
@@ -89,11 +89,22 @@ class ChatService:
         await self.settle_events()
 
     async def _recover(self) -> None:
-        """Sessions a crash left mid-turn go to ERROR with a notice, so /retry can regenerate."""
+        """Sessions a crash left mid-turn go to ERROR with a notice, so /retry can regenerate;
+        then the turns that waited in a queue are queued again, oldest first (a retry's turn
+        was the one interrupted: its session is now in ERROR, and /retry redoes it)."""
         for session in await self.sessions.in_states(("PROCESSING", "RETRYING")):
             event = "LLM_ERROR" if session.state == "PROCESSING" else "RETRY_FAILED"
             moves = [self.move(session, event)]
             await self.save(session, moves, add=[new_message(session.id, "system", RESTART_NOTICE)])
+        for session in await self.sessions.waiting():
+            assert session.queued is not None
+            turn = Turn.from_marker(session.id, session.queued)
+            agent = self.agents.by_id.get(session.agent_id)
+            if agent is None or turn.retry:
+                session.queued = None
+                await self.save(session, [])
+                continue
+            self.agents.enqueue(agent, turn)
 
     # --- the state machine ----------------------------------------------------------------------
 
@@ -249,6 +260,8 @@ class ChatService:
                 )
             agent.has_room()
             message = new_message(session.id, "user", text, event_id=event_id)
+            turn = Turn(session_id=session.id, system_state=system_state, activity=activity)
+            session.queued = turn.marker()
             session.version += 1
             session.message_count += 1
             carrier = None
@@ -277,9 +290,7 @@ class ChatService:
             assert event_id is not None
             if audit is not None:
                 audit.detail = f"text_hash:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-            queued = self.agents.enqueue(
-                agent, Turn(session_id=session.id, system_state=system_state, activity=activity)
-            )
+            queued = self.agents.enqueue(agent, turn)
             return Submitted(
                 event_id=event_id, message_id=message.id, version=session.version, queued=queued
             )
@@ -462,6 +473,11 @@ class ChatService:
         kill, timeout); answer whether anything was stopped and the children killed."""
         agent = self.agents.by_id.get(session.agent_id)
         dropped = self.agents.drop(agent, session.id) if agent else 0
+        if dropped:  # a restart must not queue them again
+            async with self.lock(session.id):
+                waiting = await self.sessions.get(session.id)
+                waiting.queued = None
+                await self.save(waiting, [])
         _, turn = self.running(session.id)
         if turn is None or turn.task is None:
             return dropped > 0, 0
@@ -525,9 +541,11 @@ class ChatService:
             seq, _ = last
             session.message_count -= await self.sessions.count_after(session_id, seq)
             moves = [self.move(session, "RETRY_CMD")] if session.state == "ERROR" else []
+            turn = Turn(session_id=session.id, retry=bool(moves))
+            session.queued = turn.marker()
             session.version += 1
             await self.save(session, moves, remove_after=seq)
-            self.agents.enqueue(agent, Turn(session_id=session.id, retry=bool(moves)))
+            self.agents.enqueue(agent, turn)
             return session
 
     async def edit(
@@ -561,8 +579,10 @@ class ChatService:
                 agent.has_room()
             message.content, message.edited_at_ms = new_text, now_ms()
             await self.sessions.edit(message)
-            if regenerate:
+            turn = Turn(session_id=session.id) if regenerate else None
+            if turn is not None:
                 session.message_count -= await self.sessions.count_after(session_id, seq)
+                session.queued = turn.marker()
             session.version += 1
             await self.save(session, [], remove_after=seq if regenerate else None)
             audit.detail = message.id
@@ -576,8 +596,8 @@ class ChatService:
                 },
                 source="chat:control",
             )
-            if regenerate:
-                self.agents.enqueue(agent, Turn(session_id=session.id))
+            if turn is not None:
+                self.agents.enqueue(agent, turn)
             return {"ok": True, "version": session.version, "regenerating": regenerate}
 
     # --- timeouts -------------------------------------------------------------------------------

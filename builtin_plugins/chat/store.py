@@ -59,12 +59,17 @@ MIGRATIONS = [
         );
         CREATE INDEX chat_events_session ON chat_events (session_id, timestamp_ms);
         """,
-    )
+    ),
+    Migration(
+        version=2,
+        # the turn the session waits for, as JSON (Turn.marker), so a restart queues it again
+        sql="ALTER TABLE chat_sessions ADD COLUMN queued TEXT;",
+    ),
 ]
 
 _SESSION_COLUMNS = (
     "id, agent_id, session_type, state, created_at, last_active_at, version, message_count,"
-    " parent_session_id, turns"
+    " parent_session_id, turns, queued"
 )
 _MESSAGE_COLUMNS = (
     "id, session_id, role, content, created_at_ms, edited_at_ms, event_id, tool_name,"
@@ -86,10 +91,12 @@ class Session:
     message_count: int = 0
     parent_session_id: str | None = None
     turns: int = 0
+    #: A turn waits in its agent's queue (``Turn.marker()``): queued again after a restart.
+    queued: str | None = None
 
     def public(self, pending_turns: int) -> dict[str, Any]:
         out = asdict(self)
-        del out["turns"]
+        del out["turns"], out["queued"]
         out["pending_turns"] = pending_turns
         return out
 
@@ -298,7 +305,7 @@ class Sessions:
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO chat_sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO chat_sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     session.id,
                     agent_id,
@@ -310,6 +317,7 @@ class Sessions:
                     session.message_count,
                     parent,
                     0,
+                    None,
                 ),
             )
             _insert(conn, clones)
@@ -346,6 +354,11 @@ class Sessions:
         sql += " ORDER BY last_active_at DESC, id LIMIT ?"
         params.append(limit)
         return [_session(r) for r in await self._store.fetchall(sql, params)]
+
+    async def waiting(self) -> list[Session]:
+        """The sessions whose turn waited in a queue when the runtime stopped, oldest first."""
+        sql = f"SELECT {_SESSION_COLUMNS} FROM chat_sessions WHERE queued IS NOT NULL"
+        return [_session(r) for r in await self._store.fetchall(sql + " ORDER BY last_active_at")]
 
     async def in_states(self, states: Sequence[str]) -> list[Session]:
         marks = ",".join("?" * len(states))
@@ -393,6 +406,7 @@ class Sessions:
             session.message_count,
             session.turns,
             due_at,
+            session.queued,
             session.id,
         )
 
@@ -405,7 +419,7 @@ class Sessions:
             _insert(conn, add)
             conn.execute(
                 "UPDATE chat_sessions SET state = ?, last_active_at = ?, version = ?,"
-                " message_count = ?, turns = ?, due_at = ? WHERE id = ?",
+                " message_count = ?, turns = ?, due_at = ?, queued = ? WHERE id = ?",
                 row,
             )
 

@@ -69,6 +69,7 @@ async def run_turn(chat: ChatService, agent: Agent, turn: Turn) -> None:
             events.append("MESSAGE_RECEIVED")
         moves = [chat.move(session, e) for e in events]
         session.turns += 1
+        session.queued = agent.marker(session.id)  # another turn of the session may still wait
         await chat.save(session, moves)
     ids = {"agent_id": agent.agent_id, "session_id": session.id}
     message_id, source = uuid7(), f"agent:{agent.agent_id}"

@@ -3,6 +3,7 @@ SQLite (contract D9, D10; http-api §10, §20)."""
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 
@@ -86,3 +87,29 @@ def test_config_set_and_audit_survive_restart(aman, tmp_path: Path, where: str) 
         assert record["target"] == "config"
         assert "4096" not in record["detail"]  # keys only, never values
     assert second.stop() == 0
+
+
+def test_a_message_waiting_for_its_agent_is_answered_after_kill_9(aman) -> None:
+    """A turn waiting in its agent's queue is not lost with the process: the restart queues it
+    again. One stopped before the crash stays unanswered."""
+    first = aman(token="t")
+    with first.client() as c:
+        waiting, stopped = (c.post("/chat/session/create", json={}).json()["id"] for _ in range(2))
+        assert c.post("/agent/aman/status", json={"status": "Preparing"}).status_code == 200  # holds turns back
+        for sid, text in ((waiting, "still there?"), (stopped, "never mind")):
+            r = c.post(f"/chat/session/{sid}/send", json={"text": text})
+            assert (r.status_code, r.json()["queued"]) == (200, True), r.text
+        assert c.post(f"/chat/session/{stopped}/stop").json() == {"ok": True, "stopped": True}
+    first.kill()  # SIGKILL: no shutdown code runs
+
+    second = aman(token="t")
+    with second.client() as c:
+        deadline = time.monotonic() + 30
+        while (state := c.get(f"/chat/session/{waiting}/state").json())["message_count"] < 2:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.02)
+        assert [m["role"] for m in state["messages"]] == ["user", "assistant"]
+        assert state["messages"][0]["content"] == "still there?"
+        agent = c.get("/agent/aman").json()
+        assert (agent["pending_turns"], agent["active_session_id"]) == (0, None)
+        assert [m["role"] for m in c.get(f"/chat/session/{stopped}/state").json()["messages"]] == ["user"]

@@ -319,6 +319,42 @@ async def test_a_turn_cut_by_a_crash_ends_in_error(make_kernel, serve_kernel, tm
     assert contents(state) == [("system", "The reply was interrupted by a restart.")]
 
 
+async def test_queued_turns_are_queued_again_after_a_restart(make_kernel, serve_kernel, tmp_path):
+    runtime = tmp_path / "rt"
+    first = make_kernel(runtime_dir=runtime)
+    client = await serve_kernel(first)
+
+    async def create(c) -> str:
+        return (await (await c.post("/chat/session/create", json={})).get_json())["id"]
+
+    async def state(c, sid: str) -> dict:
+        return await (await c.get(f"/chat/session/{sid}/state")).get_json()
+
+    sent, retried = await create(client), await create(client)
+    await client.post(f"/chat/session/{retried}/send", json={"text": "first"})
+    await wait_for_async(lambda: state(client, retried), lambda s: s["message_count"] == 2)
+    await client.post("/agent/aman/status", json={"status": "Preparing"})
+    assert (await client.post(f"/chat/session/{sent}/send", json={"text": "hello"})).status_code == 200
+    assert (await client.post(f"/chat/session/{retried}/retry")).status_code == 200
+    assert (await state(client, retried))["message_count"] == 1  # the reply is gone until redone
+    await first.lifecycle.shutdown()
+
+    client2 = await serve_kernel(make_kernel(runtime_dir=runtime))
+    for sid, text in ((sent, "hello"), (retried, "first")):
+        done = await wait_for_async(lambda sid=sid: state(client2, sid), lambda s: s["message_count"] == 2)
+        assert [(m["role"], m["content"]) for m in done["messages"]][0] == ("user", text)
+        assert done["messages"][1]["role"] == "assistant" and done["state"] == "IDLE"
+
+
+async def wait_for_async(get, check, timeout: float = 10.0):
+    """Poll ``await get()`` until ``check`` holds for it; answer the last value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check(got := await get()):
+        assert asyncio.get_running_loop().time() < deadline, got
+        await asyncio.sleep(0.005)
+    return got
+
+
 async def agent_status(env, agent_id: str, want: str) -> dict:
     got: dict = {}
     for _ in range(1000):
