@@ -154,6 +154,7 @@ class Kernel:
     async def start_plugins(self) -> None:
         """Phase 2: start the plugins, then dispatch (replayed events reach their subscribers)."""
         await self.plugins.load_installed()
+        self.config.claim()  # the installed plugins' keys are declared now
         await self.plugins.start_all()
         self.bus.start()
 
@@ -289,7 +290,7 @@ def create_kernel(
         name, obj = item if isinstance(item, tuple) else (_plugin_name(item), item)
         kernel.plugins.add(name, obj, source="entry_point")
     kernel.plugins.check_pending()
-    config.validate()
+    config.validate(installed=kernel.plugins.installed_names())
     kernel.composed = True
     kernel.rebuild_routes()
     return kernel

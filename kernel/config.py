@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import logging
 import os
 import tomllib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from sdk import ConfigChange, ConfigError, ConfigKey, ConfigRule, Failure, Inval
 from sdk.files import write_atomic
 
 __all__ = ["KERNEL_KEYS", "Config", "is_loopback", "parse_bind"]
+
+log = logging.getLogger("aman.config")
 
 _K = ConfigKey
 MiB = 1024 * 1024
@@ -180,6 +183,23 @@ def _is_secret(key: str) -> bool:
 def _matches(pattern: str, key: str) -> bool:
     p, k = pattern.split("."), key.split(".")
     return len(p) == len(k) and all(a in ("*", b) for a, b in zip(p, k, strict=True))
+
+
+def _check_disjoint(changes: Mapping[str, Any]) -> None:
+    """JSON objects have no order: a key and a key inside it in one change is ambiguous."""
+    for name in changes:
+        parts = name.split(".")
+        for cut in range(1, len(parts)):
+            if (outer := ".".join(parts[:cut])) in changes:
+                raise Invalid(f"overlapping config keys: {outer} and {name}")
+
+
+def _nested(outer: str, inner: str) -> bool:
+    """Whether key ``inner`` lies inside key ``outer`` (a ``*`` segment matches any name)."""
+    o, i = outer.split("."), inner.split(".")
+    return len(o) < len(i) and all(
+        a == "*" or b == "*" or a == b for a, b in zip(o, i[: len(o)], strict=True)
+    )
 
 
 def _dig(tree: Mapping[str, Any], key: str) -> tuple[bool, Any]:
@@ -345,6 +365,8 @@ class Config:
         self._env: dict[str, Any] = {}
         self._keys: dict[str, tuple[ConfigKey, str]] = {}
         self._cache: dict[str, Any] = {}
+        #: Keys of the file no built-in declares, checked once installed plugins are loaded.
+        self.unclaimed: list[str] = []
         self._rules: list[tuple[ConfigRule, str]] = []
         #: Called after a successful ``set`` with the result, ``{key: (old, new)}`` as written to
         #: the file, and the operator.
@@ -377,10 +399,23 @@ class Config:
                 self._rules.append((item, owner))
                 continue
             key = item
-            if key.name in self._keys:
-                other = self._keys[key.name][1]
-                raise ConfigError(f"config key {key.name} declared by both {other} and {owner}")
+            for name, (_, other) in self._keys.items():
+                if name == key.name:
+                    raise ConfigError(f"config key {key.name} declared by both {other} and {owner}")
+                if _nested(name, key.name) or _nested(key.name, name):
+                    # one would hide the other: a table type covers the keys inside it
+                    raise ConfigError(
+                        f"config key {key.name} of {owner} overlaps {name} of {other}"
+                    )
             self._keys[key.name] = (key, owner)
+
+    def declared_by(self, owner: str) -> list[str]:
+        """The names of the keys ``owner`` declared."""
+        return [name for name, (_, o) in self._keys.items() if o == owner]
+
+    def in_file(self, name: str) -> bool:
+        """Whether the config file (as loaded or last set) holds key ``name``."""
+        return _dig(self._file, name)[0]
 
     def undeclare(self, owner: str) -> None:
         self._cache.clear()
@@ -415,15 +450,20 @@ class Config:
             else:
                 yield full, value
 
-    def validate(self) -> None:
+    def validate(self, installed: Collection[str] = ()) -> None:
         """Check the file, the environment and the flags against every declared key (start-up).
+        Keys under the name of an ``installed`` plugin (``<name>.``) wait for :meth:`claim`:
+        that plugin declares its keys when it is loaded, in phase 2.
 
         Raises :class:`sdk.ConfigError` naming every offending key, one per line.
         """
         errors = []
+        self.unclaimed = []
         for name, value in self._leaves(self._file):
             found = self._lookup(name)
-            if found is None:
+            if found is None and name.split(".", 1)[0] in installed:
+                self.unclaimed.append(name)
+            elif found is None:
                 errors.append(f"config error: unknown key '{name}'")
             elif reason := check_value(found[0], value):
                 errors.append(f"config error: invalid value for '{name}': {reason}")
@@ -447,6 +487,21 @@ class Config:
                 errors.append(f"config error: invalid value for '{name}': {reason}")
         if not errors:
             errors = self._broken_rules(_View(self.get, self._file), startup=True)
+        if errors:
+            raise ConfigError("\n".join(errors))
+
+    def claim(self) -> None:
+        """After the installed plugins are loaded (phase 2): check their keys in the file. A
+        wrong value stops the start; a key the plugin does not declare (any more) is ignored
+        with a warning (``/config/set`` with ``null`` removes it)."""
+        errors = []
+        for name in self.unclaimed:
+            found = self._lookup(name)
+            if found is None:
+                log.warning("config: unknown key '%s' ignored (no plugin declares it)", name)
+            elif reason := check_value(found[0], _dig(self._file, name)[1]):
+                errors.append(f"config error: invalid value for '{name}': {reason}")
+        self.unclaimed = []
         if errors:
             raise ConfigError("\n".join(errors))
 
@@ -529,18 +584,24 @@ class Config:
     async def set(self, changes: Mapping[str, Any], *, operator: str) -> ConfigChange:
         """Validate, persist atomically and apply ``changes`` (``None`` removes a key); all or
         nothing (http-api §10)."""
+        _check_disjoint(changes)
+        path = self._path or self._cwd / "aman.toml"
+        # The file is rewritten from what is on disk now, so that hand edits made while the
+        # runtime runs are kept (they take effect at the next start, as before).
+        on_disk = self._on_disk(path)
         candidate = copy.deepcopy(self._file)
         values = {name: (_dig(self._file, name)[1], value) for name, value in changes.items()}
         for name, value in changes.items():
             found = self._lookup(name)
-            if found is None or "*" in name:
-                raise Invalid(f"unknown config key: {name}")
+            if "*" in name or (found is None and not (value is None and _dig(on_disk, name)[0])):
+                raise Invalid(f"unknown config key: {name}")  # null still removes a leftover
             if value is not None and _holds_null(value):
                 raise Invalid(f"invalid value for {name}: null only removes a whole key")
-            if value is not None and (reason := check_value(found[0], value)):
+            if found and value is not None and (reason := check_value(found[0], value)):
                 raise Invalid(f"invalid value for {name}: {reason}")
             try:
                 _put(candidate, name, value)
+                _put(on_disk, name, copy.deepcopy(value))
             except ValueError as exc:
                 raise Invalid(f"invalid value for {name}: {exc}") from None
         broken = self._broken_rules(
@@ -548,8 +609,7 @@ class Config:
         )
         if broken:
             raise Invalid(f"invalid configuration: {broken[0]}")
-        path = self._path or self._cwd / "aman.toml"
-        _write_atomic(path, candidate)
+        _write_atomic(path, on_disk)
         self._path, self._file = path, candidate
         self._cache.clear()
         lists: dict[str, list[str]] = {"applied": [], "restart_required": [], "overridden": []}
@@ -557,8 +617,21 @@ class Config:
             lists[self._effect(name)].append(name)
         result = ConfigChange(**lists)
         if self.on_change is not None:
-            await self.on_change(result, values, operator)
+            try:
+                await self.on_change(result, values, operator)
+            except Exception:  # applied and saved: the answer stands
+                log.exception("config change applied, but telling the runtime about it failed")
         return result
+
+    def _on_disk(self, path: Path) -> dict[str, Any]:
+        """The config file as it is now (the in-memory copy when there is none); one that no
+        longer parses is not overwritten."""
+        if not path.is_file():
+            return copy.deepcopy(self._file)
+        try:
+            return self._read(path)
+        except ConfigError as exc:
+            raise Invalid(f"the config file on disk is not valid, fix it first: {exc}") from None
 
     def reread(self, prefix: str) -> None:
         """Take the table ``prefix`` (``agents.bob``) from the config file as it is on disk now,

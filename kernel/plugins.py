@@ -648,6 +648,15 @@ class PluginManager:
     def _plugins_dir(self) -> Path:
         return self._kernel.config.resolve_path("plugins.dir")
 
+    def installed_names(self) -> list[str]:
+        """The names of the plugins installed over HTTP (their folders), before they load."""
+        try:
+            return [
+                p.name for p in self._plugins_dir().iterdir() if p.is_dir() and p.name[0] != "."
+            ]
+        except OSError:  # no plugins directory yet
+            return []
+
     def _limits(self) -> installer.Limits:
         get = self._kernel.config.get
         return installer.Limits(
@@ -956,8 +965,15 @@ class PluginManager:
         if rec.installed is None:
             raise Conflict(f"plugin {name} was installed with pip; uninstall it with pip")
         async with self._exclusive():
+            keys = self._kernel.config.declared_by(name)
             await self._remove(rec)
             installer.forget_module(rec.installed.package)
+            # its keys would be unknown at the next start: they go with it
+            if leftover := {key: None for key in keys if self._kernel.config.in_file(key)}:
+                try:
+                    await self._kernel.config.set(leftover, operator=operator)
+                except SdkError as exc:  # the file on disk no longer parses: left as it is
+                    log.warning("plugin %s: its config keys stay in the file: %s", name, exc)
 
             def forget(conn: sqlite3.Connection) -> None:
                 conn.execute("DELETE FROM plugin_registry WHERE name = ?", (name,))

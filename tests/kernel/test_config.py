@@ -973,3 +973,81 @@ async def test_set_refuses_null_inside_a_table(tmp_path):
     with pytest.raises(Invalid, match="null only removes a whole key"):
         await config.set({"plugin.x": {"a": None}}, operator="t")
     assert not (tmp_path / "aman.toml").exists()
+
+
+# --- plugins' keys, hand edits and overlaps -------------------------------------------------------
+
+
+def test_a_key_that_would_cover_or_enter_another_is_refused(tmp_path: Path) -> None:
+    config = make(tmp_path)
+
+    with pytest.raises(ConfigError, match=r"^config key event_bus of shadow overlaps event_bus\.mode of kernel$"):
+        config.declare("shadow", [ConfigKey(name="event_bus", type=dict, default={})])
+    with pytest.raises(ConfigError, match=r"^config key plugin\.hello\.greeting of p overlaps plugin\.\* of kernel$"):
+        config.declare("p", [ConfigKey(name="plugin.hello.greeting", type=int, default=1)])
+    with pytest.raises(ConfigError, match=r"overlaps http\.bind of kernel$"):
+        config.declare("p", [ConfigKey(name="http.bind.port", type=int, default=1)])
+    config.declare("p", [ConfigKey(name="p.level", type=int, default=1)])  # its own namespace
+    assert config.get("p.level") == 1
+
+
+async def test_overlapping_keys_in_one_change_are_refused_and_nothing_is_written(config: Config, tmp_path: Path) -> None:
+    before = (tmp_path / "aman.toml").read_text()
+    for changes in ({"plugin.foo": {"a": 1}, "plugin.foo.b": 2}, {"plugin.foo.b": 2, "plugin.foo": {"a": 1}}):
+        with pytest.raises(Invalid, match=r"^overlapping config keys: plugin\.foo and plugin\.foo\.b$"):
+            await config.set(changes, operator="op")
+    assert (tmp_path / "aman.toml").read_text() == before
+
+
+async def test_set_keeps_what_was_edited_by_hand_in_the_file(config: Config, tmp_path: Path) -> None:
+    path = tmp_path / "aman.toml"
+    path.write_text(path.read_text() + "\n[audit]\nmax_records = 5000\n")  # while running
+
+    await config.set({"event_bus.max_queue_size": 500}, operator="op")
+
+    assert read_toml(path)["audit"] == {"max_records": 5000}
+    assert read_toml(path)["event_bus"] == {"max_queue_size": 500}
+    assert config.get("audit.max_records") != 5000  # a hand edit takes effect at the next start
+
+
+async def test_set_refuses_to_overwrite_a_file_edited_into_invalid_toml(config: Config, tmp_path: Path) -> None:
+    path = tmp_path / "aman.toml"
+    path.write_text("[http\n")
+    with pytest.raises(Invalid, match=r"^the config file on disk is not valid, fix it first: "):
+        await config.set({"event_bus.max_queue_size": 500}, operator="op")
+    assert path.read_text() == "[http\n"
+
+
+async def test_a_failing_change_listener_does_not_undo_an_applied_change(config: Config, tmp_path: Path) -> None:
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("the bus is gone")
+
+    config.on_change = broken
+    result = await config.set({"event_bus.max_queue_size": 500}, operator="op")
+    assert result.applied == ["event_bus.max_queue_size"]
+    assert config.get("event_bus.max_queue_size") == 500
+
+
+async def test_keys_of_installed_plugins_wait_for_them_and_leftovers_can_be_removed(tmp_path: Path) -> None:
+    (tmp_path / "aman.toml").write_text("[cfgp]\nlevel = 7\n[gone]\nx = 1\n")
+    config = Config(env={}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown key 'gone\.x'"):
+        config.validate(installed=["cfgp"])  # a namespace no installed plugin has: a typo
+
+    config.validate(installed=["cfgp", "gone"])
+    config.declare("cfgp", [ConfigKey(name="cfgp.level", type=int, default=1)])  # phase 2
+    config.claim()  # "gone" declares nothing any more: a warning, not a failed start
+    assert config.get("cfgp.level") == 7
+    await config.set({"gone.x": None}, operator="op")  # null removes a leftover key
+    assert read_toml(tmp_path / "aman.toml") == {"cfgp": {"level": 7}}
+    with pytest.raises(Invalid, match=r"^unknown config key: gone\.y$"):
+        await config.set({"gone.y": None}, operator="op")
+
+
+def test_a_wrong_value_of_an_installed_plugins_key_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "aman.toml").write_text("[cfgp]\nlevel = 70\n")
+    config = Config(env={}, cwd=tmp_path)
+    config.validate(installed=["cfgp"])
+    config.declare("cfgp", [ConfigKey(name="cfgp.level", type=int, default=1, maximum=9)])
+    with pytest.raises(ConfigError, match=r"^config error: invalid value for 'cfgp\.level': must be at most 9$"):
+        config.claim()

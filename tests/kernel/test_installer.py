@@ -9,6 +9,7 @@ import io
 import os
 import stat
 import tarfile
+import tomllib
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -729,3 +730,43 @@ def test_a_gzip_bomb_is_stopped_within_the_unpacked_limit(monkeypatch, bomb):
     with pytest.raises(Exception, match="archive unpacks to more than 2097152 bytes"):
         installer.scan(data, limits)
     assert read <= (2 << 20) + 1
+
+
+CONFIGURED_INIT = INIT + '''
+
+from sdk import ConfigKey
+
+
+@hookimpl
+def register_config(ctx):
+    return [ConfigKey(name="hello.level", type=int, default=1, maximum=9)]
+'''
+
+
+async def test_an_installed_plugins_config_key_survives_a_restart_and_leaves_with_it(make_kernel, tmp_path):
+    config = tmp_path / "aman.toml"
+    config.write_text("# the operator's file\n")
+
+    async def started() -> tuple[Any, Any]:
+        kernel = make_kernel(config_path=config)  # the file is validated here, before phase 2
+        gen = serve(kernel)
+        return kernel, (gen, await gen.__anext__())
+
+    kernel, (gen, client) = await started()
+    hello = archive(plugin_files(init=CONFIGURED_INIT))
+    assert (await client.post("/plugin/install", data=hello, headers=GZ)).status_code == 200
+    resp = await client.post("/config/set", json={"changes": {"hello.level": 7}}, headers=CONFIRM)
+    assert resp.status_code == 200, await resp.get_json()
+    await gen.aclose()
+    assert tomllib.loads(config.read_text()) == {"hello": {"level": 7}}
+
+    kernel, (gen, client) = await started()  # refused with "unknown key 'hello.level'" before
+    assert kernel.config.get("hello.level") == 7
+    assert (await plugin_info(client, "hello"))["state"] == "running"
+    assert (await client.post("/plugin/hello/uninstall", headers=CONFIRM)).status_code == 200
+    assert tomllib.loads(config.read_text()) == {}  # its key went with it
+    await gen.aclose()
+
+    kernel, (gen, client) = await started()
+    assert (await client.get("/health/ready")).status_code == 200
+    await gen.aclose()
