@@ -273,6 +273,10 @@ class Router:
             and kernel.lifecycle.status == "ready"
         ):
             raise Unavailable(f"plugin {ep.plugin.name} is disabled", retry_after=None)
+        if not ep.plugin.builtin and ep.plugin.state != "running":
+            # mounted when loaded (so that route clashes are found before it starts), served
+            # once started: not while an install or an enable still runs its on_startup
+            raise NotFound()
         args: dict[str, Any] = {k: v for k, v in params.items() if k in ep.wants}
         operator = operator_from(headers)
         if "ctx" in ep.wants:

@@ -4,6 +4,7 @@ staging area; the happy path, upgrades, uninstall and restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import os
@@ -770,3 +771,37 @@ async def test_an_installed_plugins_config_key_survives_a_restart_and_leaves_wit
     kernel, (gen, client) = await started()
     assert (await client.get("/health/ready")).status_code == 200
     await gen.aclose()
+
+
+def slow_start_init(marks: Path) -> str:
+    return INIT + f'''
+
+import asyncio
+from pathlib import Path
+
+
+@hookimpl
+async def on_startup(ctx):
+    Path({str(marks / "starting")!r}).touch()
+    while not Path({str(marks / "go")!r}).exists():
+        await asyncio.sleep(0.01)
+'''
+
+
+async def test_a_plugin_serves_its_routes_only_once_started(start, tmp_path):
+    client = await start()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    installing = asyncio.ensure_future(install(client, archive(plugin_files(init=slow_start_init(marks)))))
+    await wait_for_async(lambda: (marks / "starting").exists())
+    assert (await client.get("/api/v1/hello/ping")).status_code == 404  # its on_startup still runs
+    (marks / "go").touch()
+    assert (await installing).status_code == 200
+    assert (await client.get("/api/v1/hello/ping")).status_code == 200
+
+
+async def wait_for_async(predicate, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
