@@ -18,6 +18,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
@@ -139,6 +140,11 @@ UNIQUE_NAMES = (
 )
 Source = Literal["builtin", "entry_point", "installed"]
 HEALTH_TIMEOUT_SEC = 10.0
+#: http-api §24: the methods a route may have, and its path: literal segments, ``{param}``
+#: segments and a final ``{*rest}``.
+ROUTE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_SEGMENT = r"/(?:[^/{}<>\s]+|\{[A-Za-z_]\w*\})"
+ROUTE_PATH = re.compile(rf"/|(?:{_SEGMENT})+(?:/\{{\*[A-Za-z_]\w*\}})?|/\{{\*[A-Za-z_]\w*\}}")
 
 
 @define(kw_only=True)
@@ -357,6 +363,16 @@ class PluginManager:
             if not isinstance(route, Route):
                 raise TypeError(
                     f"plugin {rec.name}: register_routes returned {route!r}, not a Route"
+                )
+            if route.method.upper() not in ROUTE_METHODS:
+                raise ValueError(
+                    f"plugin {rec.name}: route method {route.method!r} is not one of"
+                    f" {', '.join(ROUTE_METHODS)}"
+                )
+            if not ROUTE_PATH.fullmatch(route.path):
+                raise ValueError(
+                    f"plugin {rec.name}: invalid route path {route.path!r} (it starts with '/';"
+                    " its segments are literals, {param} or a final {*rest})"
                 )
             key = (route.method.upper(), route.path)
             if key in seen:

@@ -350,6 +350,15 @@ async def ping(ctx):
 def register_routes(ctx):
     return [Route(method="GET", path="/ping", handler=ping), Route(method="GET", path="/ping", handler=ping)]
 """
+
+
+def one_route(method: str, path: str) -> str:
+    return CLASH.replace(
+        'return [Route(method="GET", path="/ping", handler=ping), Route(method="GET", path="/ping", handler=ping)]',
+        f"return [Route(method={method!r}, path={path!r}, handler=ping)]",
+    )
+
+
 STARTUP_FAILS = INIT + "\n\n@hookimpl\ndef on_startup(ctx):\n    raise RuntimeError('nope')\n"
 UNHEALTHY = INIT + "\n\n@hookimpl\ndef health_check(ctx):\n    return {'status': 'error', 'detail': 'db down'}\n"
 
@@ -404,6 +413,9 @@ CASES: list[tuple[str, Callable[[], bytes], dict[str, Any], int, str]] = [
     ("module fails to import", lambda: archive(plugin_files(init=BROKEN_MODULE)), {}, 422, "plugin failed to load: import of hello_plugin failed: RuntimeError: boom"),
     ("misspelt hook", lambda: archive(plugin_files(init=MISSPELT)), {}, 422, "plugin failed to load: unknown hook 'register_route'"),
     ("no hookimpl", lambda: archive(plugin_files(init=NO_HOOKS)), {}, 422, "plugin failed to load: module hello_plugin has no hook implementations (mark them with sdk.hookimpl)"),
+    ("a path in another plugin's space", lambda: archive(plugin_files(init=one_route("GET", "b/ping"))), {}, 422, "plugin failed to load: ValueError: plugin hello: invalid route path 'b/ping' (it starts with '/'; its segments are literals, {param} or a final {*rest})"),
+    ("a werkzeug converter in a path", lambda: archive(plugin_files(init=one_route("GET", "/<path:x>"))), {}, 422, "plugin failed to load: ValueError: plugin hello: invalid route path '/<path:x>'"),
+    ("a method outside the five", lambda: archive(plugin_files(init=one_route("BREW", "/pot"))), {}, 422, "plugin failed to load: ValueError: plugin hello: route method 'BREW' is not one of GET, POST, PUT, PATCH, DELETE"),
     ("route clash", lambda: archive(plugin_files(init=CLASH)), {}, 422, "plugin failed to load: ValueError: plugin hello registers GET /ping twice"),
     ("public route matches nothing", lambda: archive(plugin_files(manifest=MANIFEST.format(name="hello", version="0.1.0").replace('"GET /ping"', '"GET /pong"'))), {}, 422, "plugin failed to load: public_routes entry 'GET /pong' matches no route"),
     ("on_startup fails", lambda: archive(plugin_files(init=STARTUP_FAILS)), {}, 422, "plugin failed to load: RuntimeError: nope"),

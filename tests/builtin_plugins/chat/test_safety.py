@@ -72,12 +72,14 @@ async def test_an_injection_is_reported_but_not_blocked(chat):
         "session_id": sid, "pattern": "execute_shell_command"}
     assert ("injection_detected", "pattern:execute_shell_command") in await audit(
         client, "chat.send_message")
-    for _ in range(1000):
+    titles: list[str] = []
+    for _ in range(1000):  # newest first; the echoed reply may raise one of its own after it
         found = await (await client.get("/notifications?category=security")).get_json()
-        if found:
+        titles = [n["title"] for n in found]
+        if "Prompt injection detected" in titles:
             break
         await asyncio.sleep(0.005)
-    assert found[0]["title"] == "Prompt injection detected"
+    assert "Prompt injection detected" in titles
 
 
 async def test_a_leaking_reply_is_replaced(chat):
@@ -89,8 +91,8 @@ async def test_a_leaking_reply_is_replaced(chat):
         "[I apologize, but I cannot provide that response as it may contain sensitive information.]")
     await wait_for(lambda: recorder.of_type("output_blocked"))
     assert recorder.of_type("output_blocked")[0].payload["reason"].startswith("validator:")
-    ready = recorder.of_type("agent:reply_ready")
     await wait_for(lambda: recorder.of_type("agent:reply_ready"))
+    ready = recorder.of_type("agent:reply_ready")
     assert ready[0].payload["reply"] == messages[1]["content"]
 
 
