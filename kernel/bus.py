@@ -955,7 +955,6 @@ class EventBus:
         if flight.expired:
             return
         flight.expired = True
-        self.expired += 1
         if flight.on_done is not None:  # a DLQ retry: its entry is dropped or goes back `Expired`
             if flight.guaranteed and self._config.get("event_bus.dead_letter_expired"):
                 owed = flight.open or flight.only or frozenset()
@@ -980,6 +979,7 @@ class EventBus:
 
             if await self._store.write(add):
                 self.dead_letters.depth += 1
+        self.expired += 1  # counted once its dead letter is stored: readers see both or neither
         flight.open.clear()
         await self._complete(flight)
 

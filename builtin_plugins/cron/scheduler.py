@@ -350,17 +350,17 @@ class Scheduler:
             raise NotFound(f"cron job not found: {job_id}")
         record = source.record
         merged = {**record.settings(), **changes}
-        if "prompt" in changes:
-            check_prompt(changes["prompt"])
-        if "expression" in changes or "timezone" in changes:
-            self._check_schedule(merged["expression"], merged["timezone"])
-        if "agent_key" in changes:
-            self._check_agent(merged["agent_key"])
+        # only what changes is checked: a job's own values stay valid even if, say,
+        # cron.min_interval_sec was raised since it was created
         changed = {key for key, value in changes.items() if value != getattr(record, key)}
-        if not changed:
-            return self.job(
-                job_id
-            )  # idempotent: the same values change nothing, not even updated_at
+        if "prompt" in changed:
+            check_prompt(changes["prompt"])
+        if "expression" in changed or "timezone" in changed:
+            self._check_schedule(merged["expression"], merged["timezone"])
+        if "agent_key" in changed:
+            self._check_agent(merged["agent_key"])
+        if not changed:  # idempotent: the same values change nothing, not even updated_at
+            return self.job(job_id)
         async with self._lock:
             for key, value in merged.items():
                 setattr(record, key, value)

@@ -245,6 +245,16 @@ async def test_the_minimum_interval_applies_to_updated_expressions(start_cron):
     )
 
 
+async def test_a_raised_minimum_spares_what_an_update_does_not_change(start_cron):
+    cron = await start_cron()
+    await cron.add(id="j", expression="* * * * *", timezone="UTC")
+    await cron.client.post("/config/set", json={"changes": {"cron.min_interval_sec": 3600}},
+                           headers={"x-aman-confirm": "yes"})
+    status, body = await answer(await cron.client.post("/cron/j/update", json={"timezone": "UTC", "enabled": False}))
+    assert (status, body["job"]["timezone"], body["job"]["enabled"]) == (200, "UTC", False)
+    assert (await cron.client.post("/cron/j/update", json={"timezone": "Europe/Berlin"})).status_code == 400
+
+
 # --- remove ------------------------------------------------------------------------------------
 
 
