@@ -170,6 +170,7 @@ class _Subscriber:
         self.since = 0.0  # when the running call started (loop time)
         self.timed_out = False
         self.active = True
+        self.current: _Flight | None = None  # the flight being delivered
 
     def wants(self, event: Event) -> bool:
         spec = self.spec
@@ -684,13 +685,20 @@ class EventBus:
         for sub in self._subs.pop(plugin, []):
             sub.active = False
             sub.wake.set()
-            if sub.task is not None and sub.task is not asyncio.current_task():
+            own = sub.task is asyncio.current_task()  # a subscriber quarantined by its failure
+            if sub.task is not None and not own:
                 sub.task.cancel()
-            while (item := sub.take()) is not None:  # what it will never handle here
-                flight, attempt = item
+            owed = list(iter(sub.take, None))  # what it will never handle here
+            if sub.current is not None and not own:  # its cancelled delivery never finishes
+                owed.append((sub.current, 0))
+            for flight, attempt in owed:
                 if attempt == 1:
                     self._started(flight)
-                flight.abandoned = True  # still owed: replayed at the next start
+                if flight.on_done is not None:  # a DLQ retry: the entry keeps this subscriber
+                    flight.failed = sorted({*flight.failed, sub.name})
+                    flight.reason = flight.reason or f"subscriber {sub.name} stopped"
+                else:
+                    flight.abandoned = True  # still owed: replayed at the next start
                 self._finish_for(flight, sub.name)
 
     def subscribers(self) -> list[str]:
@@ -801,6 +809,7 @@ class EventBus:
                 await sub.wake.wait()
                 continue
             flight, attempt = item
+            sub.current = flight
             try:
                 await self._deliver(sub, flight, attempt)
             except Exception:  # the store refused its bookkeeping (disk full)
@@ -809,6 +818,7 @@ class EventBus:
                 log.exception(
                     "subscriber %s: event %s could not be settled", sub.name, flight.event.id
                 )
+            sub.current = None
 
     async def _deliver(self, sub: _Subscriber, flight: _Flight, attempt: int) -> None:
         if attempt == 1:

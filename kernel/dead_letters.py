@@ -112,6 +112,7 @@ class DeadLetters:
         self._get = settings
         self.depth = 0
         self._updated_before: dict[str, int] = {}  # retrying entries: updated_at_ms to restore
+        self._retried: dict[str, frozenset[str]] = {}  # retrying entries: the subscribers retried
 
     async def open(self) -> None:
         """Phase 1: entries whose manual retry was cut short by a stop go back to ``dead``."""
@@ -258,30 +259,42 @@ class DeadLetters:
 
         row, self._updated_before[entry_id] = await self._store.write(begin)
         entry = _entry(row)
+        self._retried[entry_id] = frozenset(entry.failed_subscribers)
         self.depth -= 1
         return entry
 
     async def finish_retry(self, entry_id: str, failed: list[str], reason: str | None) -> None:
-        """After a redelivery: delete the entry, or put it back with what still fails."""
+        """After a redelivery: delete the entry, or put it back with what still fails: the
+        retry's failures, and the subscribers whose own failures of the event were added to the
+        entry while it was being retried (their deliveries of the first publish ran on)."""
+        retried = self._retried.pop(entry_id, frozenset())
 
-        def end(conn: sqlite3.Connection) -> None:
-            if not failed:
+        def end(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT failed_subscribers, reason FROM dead_letters WHERE id = ?", (entry_id,)
+            ).fetchone()
+            if row is None:
+                return False
+            added = [s for s in json.loads(row["failed_subscribers"]) if s not in retried]
+            still = sorted({*failed, *added})
+            if not still:
                 conn.execute("DELETE FROM dead_letters WHERE id = ?", (entry_id,))
-            else:
-                conn.execute(
-                    "UPDATE dead_letters SET state = 'dead', failed_subscribers = ?, reason = ?,"
-                    " updated_at_ms = ? WHERE id = ?",
-                    (json.dumps(failed), reason, now_ms(), entry_id),
-                )
+                return False
+            conn.execute(
+                "UPDATE dead_letters SET state = 'dead', failed_subscribers = ?, reason = ?,"
+                " updated_at_ms = ? WHERE id = ?",
+                (json.dumps(still), reason if failed else row["reason"], now_ms(), entry_id),
+            )
+            return True
 
         self._updated_before.pop(entry_id, None)
-        await self._store.write(end)
-        if failed:
+        if await self._store.write(end):
             self.depth += 1
 
     async def cancel_retry(self, entry_id: str) -> None:
         """The redelivery was refused (backpressure): undo ``start_retry`` completely."""
         updated = self._updated_before.pop(entry_id, None)
+        self._retried.pop(entry_id, None)
 
         def undo(conn: sqlite3.Connection) -> None:
             row = conn.execute(

@@ -4,6 +4,7 @@ the archiving of expired entries (http-api §9), with real subscribers failing a
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -204,6 +205,61 @@ async def test_a_failing_retry_puts_the_entry_back_with_its_count(start):
     assert (record["operator"], record["reason"]) == ("api", "manual retry")
     assert before["enqueued_at_ms"] <= record["at_ms"] <= entry["updated_at_ms"]
     assert await audits(kernel, "dlq.retry") == [("api", f"dlq:{event_id}", "ok", "manual retry")]
+
+
+async def failed_in(kernel, entry_id: str) -> list[str]:
+    rows = await kernel.store.fetchall("SELECT failed_subscribers FROM dead_letters WHERE id = ?", (entry_id,))
+    return json.loads(rows[0][0]) if rows else []
+
+
+async def test_a_failure_added_while_the_entry_is_retried_outlives_the_retry(start):
+    fast, slow = Flaky("fast"), Flaky("slow")
+    slow.gate.clear()  # its first delivery of the event is still running
+    client, kernel = await start(fast, slow)
+    event_id = await dead_letter(client)
+    assert (await entries(client))[0]["failed_subscribers"] == ["plugin:fast"]
+    fast.failing, fast.entered = False, asyncio.Event()
+    fast.gate.clear()
+    assert (await retry(client, event_id)).status_code == 200
+    await fast.entered.wait()  # the retry is being delivered
+    slow.gate.set()  # now the other subscriber fails for good, while the entry is retried
+    await eventually(lambda: _has(kernel, event_id, "plugin:slow"))
+    fast.gate.set()
+
+    async def back() -> bool:
+        return await depth(client) == 1
+
+    await eventually(back)
+    [entry] = await entries(client)
+    assert (entry["state"], entry["failed_subscribers"]) == ("dead", ["plugin:slow"])
+    assert entry["reason"].startswith("DeliveryFailed: plugin:slow: ")
+
+
+async def _has(kernel, entry_id: str, subscriber: str) -> bool:
+    return subscriber in await failed_in(kernel, entry_id)
+
+
+async def test_a_retry_cut_short_by_a_disable_puts_the_entry_back(start):
+    flaky = Flaky()
+    client, kernel = await start(flaky)
+    event_id = await dead_letter(client)
+    flaky.failing, flaky.entered = False, asyncio.Event()
+    flaky.gate.clear()
+    assert (await retry(client, event_id)).status_code == 200
+    await flaky.entered.wait()
+    assert (await client.post("/plugin/flaky/disable", headers=CONFIRM)).status_code == 200
+
+    async def back() -> bool:
+        return await depth(client) == 1
+
+    await eventually(back)  # not stuck in "retrying", not deleted
+    [entry] = await entries(client)
+    assert (entry["state"], entry["failed_subscribers"]) == ("dead", ["plugin:flaky"])
+    assert (await client.post("/plugin/flaky/enable", headers=CONFIRM)).status_code == 200
+    flaky.gate.set()
+    assert (await retry(client, event_id)).status_code == 200
+    await eventually(lambda: _gone(kernel, event_id))
+    assert flaky.seen == [1]
 
 
 async def test_the_manual_retry_limit_answers_422(start):
