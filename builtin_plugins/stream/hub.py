@@ -28,6 +28,7 @@ log = logging.getLogger("aman.plugin.stream")
 KEEP_ALIVE = b": keep-alive\n\n"
 CHUNK_FRAMES = 64  # frames joined into one write at most
 TICK_SEC = 0.25  # how often an idle stream looks at the runtime status
+REPLAY_PAGES = 10  # a replay reads at most this many pages of sse.replay_max stored events
 
 
 def frame(name: str, data: Any, event_id: str | None = None) -> bytes:
@@ -279,15 +280,21 @@ class EventStream:
             hub.leave(client)
 
     async def _replay(self) -> list[Frame]:
-        """The frames of the events recorded after ``Last-Event-ID``, up to ``sse.replay_max``;
-        none when the id is unknown (the stream starts live)."""
+        """The frames of the events recorded after ``Last-Event-ID`` that the client wants, up to
+        ``sse.replay_max``; none when the id is unknown (the stream starts live). The store is
+        read a page of ``sse.replay_max`` events at a time, at most ``REPLAY_PAGES`` pages, so a
+        filtered client is not cut short by the events it does not want."""
         last, ctx = self._last_event_id, self._hub.ctx
         limit = ctx.settings.get("sse.replay_max")
-        if not last or not limit:
-            return []
-        try:
-            events = await ctx.bus.after(last, limit)
-        except Exception as exc:  # noqa: BLE001 - the store is not open (phase 0) or closing: start live
-            ctx.log.debug("event stream: no replay after %s: %s", last, exc)
-            return []
-        return self._hub.frames_of(self._client, events or [])
+        frames: list[Frame] = []
+        for _ in range(REPLAY_PAGES if last and limit else 0):
+            try:
+                events = await ctx.bus.after(last, limit)
+            except Exception as exc:  # noqa: BLE001 - the store is not open (phase 0) or closing: start live
+                ctx.log.debug("event stream: no replay after %s: %s", last, exc)
+                break
+            frames += self._hub.frames_of(self._client, events or [])
+            if not events or len(events) < limit or len(frames) >= limit:
+                break
+            last = events[-1].id
+        return frames[:limit]

@@ -186,3 +186,18 @@ def test_sse_keys_are_declared_with_their_ranges(make_kernel):
     assert kernel.config.get("sse.replay_max") == 1000
     with pytest.raises(ConfigError, match=r"sse\.client_buffer"):
         make_kernel(settings={"sse.client_buffer": 15})
+
+
+async def test_a_filtered_replay_looks_past_the_events_it_does_not_want(make_kernel, serve_kernel):
+    kernel = make_kernel(settings={"sse.replay_max": 5})
+    await serve_kernel(kernel)
+    anchor = await kernel.bus.publish("noise", {})
+    for _ in range(12):
+        await kernel.bus.publish("noise", {})
+    wanted = [(await kernel.bus.publish("m.match", {"n": n})).id for n in range(3)]
+    hub = hub_of(kernel.plugins.records["stream"].ctx)
+    client = hub.join(full=True, types=frozenset({"m.match"}), session_id=None)
+    stream = EventStream(hub, client, last_event_id=anchor.id, snapshots=list, runtime=bytes)
+    replayed = await stream.__anext__()
+    await stream.aclose()
+    assert [line.split(": ", 1)[1] for line in replayed.decode().splitlines() if line.startswith("id: ")] == wanted
