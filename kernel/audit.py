@@ -66,7 +66,8 @@ class SqliteAudit:
         self, *, operator: str, action: str, target: str, outcome: str, detail: str = ""
     ) -> None:
         ts = now_ms()
-        row: _Row = (f"{ts}-{uuid7()}", ts, operator, action, target, outcome, detail[:1000])
+        # target and detail are bounded: a path parameter can be as long as a URL
+        row: _Row = (f"{ts}-{uuid7()}", ts, operator, action, target[:1000], outcome, detail[:1000])
         if self._store.is_open:
             await self._store.write(lambda c: self._insert(c, [row]))
         elif self._store.path is not None:  # closed by a shutdown: the last records still count

@@ -97,6 +97,13 @@ async def test_detail_is_cut_to_1000_characters(audit: SqliteAudit) -> None:
     assert await details(audit) == [text[:1000]]
 
 
+async def test_target_is_cut_to_1000_characters(audit: SqliteAudit) -> None:
+    await audit.record(operator="op", action="a", target="webhook:" + "w" * 5000, outcome="ok")
+
+    [record] = (await audit.query(limit=1)).items
+    assert record.target == ("webhook:" + "w" * 5000)[:1000]
+
+
 # --- pagination --------------------------------------------------------------------------------
 
 
