@@ -635,6 +635,9 @@ class PluginManager:
             raise Conflict(f"plugin {name} is essential and cannot be disabled")
         async with self._exclusive():
             if rec.state != "running":
+                if rec.enabled:  # a failed plugin: not started again at the next start either
+                    await self._persist(rec, enabled=False, unstable=rec.unstable)
+                    rec.enabled = False
                 return PluginChange(ok=True, name=name, state=rec.state, changed=False)
             await self._stop(rec)
             self._unload(rec)

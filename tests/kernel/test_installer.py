@@ -817,3 +817,44 @@ async def wait_for_async(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.005)
+
+
+def fails_to_start_when(flag: Path) -> str:
+    return INIT + f'''
+
+from pathlib import Path
+
+
+@hookimpl
+def on_startup(ctx):
+    with open({str(flag.parent / "starts")!r}, "a") as out:
+        out.write("x")
+    if Path({str(flag)!r}).exists():
+        raise RuntimeError("no database")
+'''
+
+
+async def test_a_failed_plugin_that_is_disabled_stays_off_after_a_restart(make_kernel, tmp_path):
+    flag = tmp_path / "broken"
+
+    async def started() -> tuple[Any, Any]:
+        gen = serve(make_kernel())
+        return gen, await gen.__anext__()
+
+    gen, client = await started()
+    assert (await client.post("/plugin/install", data=archive(plugin_files(init=fails_to_start_when(flag))), headers=GZ)).status_code == 200
+    await gen.aclose()
+    flag.touch()
+    gen, client = await started()
+    assert (await plugin_info(client, "hello"))["state"] == "failed"
+    resp = await client.post("/plugin/hello/disable", headers=CONFIRM)
+    assert (await resp.get_json())["changed"] is False  # http-api §7: it was not running
+    assert (await plugin_info(client, "hello"))["enabled"] is False
+    await gen.aclose()
+    starts = (tmp_path / "starts").read_text()
+
+    gen, client = await started()
+    info = await plugin_info(client, "hello")
+    assert (info["state"], info["enabled"]) == ("disabled", False)
+    assert (tmp_path / "starts").read_text() == starts  # not tried again
+    await gen.aclose()
