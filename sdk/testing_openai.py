@@ -40,6 +40,8 @@ class Reply:
     :param garbage: send a data line that is not JSON after the first chunk.
     :param drop_after: close the connection after this many chunks, without ``[DONE]``.
     :param finish_reason: default ``tool_calls`` when there are tool calls, else ``stop``.
+    :param hold: the stream waits for this event after its first piece of text: a reply that
+        stays in progress until the test lets it go (no race against a delay).
     """
 
     text: str = ""
@@ -51,6 +53,7 @@ class Reply:
     garbage: bool = False
     drop_after: int | None = None
     finish_reason: str | None = None
+    hold: asyncio.Event | None = None
 
 
 @frozen(kw_only=True)
@@ -143,6 +146,8 @@ class OpenAIServer:
             payload = f"data: {data}\n\n".encode()
             writer.write(b"%x\r\n%s\r\n" % (len(payload), payload))
             await writer.drain()
+            if count == 1 and reply.hold is not None:
+                await reply.hold.wait()
         writer.write(b"0\r\n\r\n")
         await writer.drain()
 

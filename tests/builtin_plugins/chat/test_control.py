@@ -117,12 +117,14 @@ async def test_a_denied_tool_is_refused_with_the_permission_text(env):
 
 
 async def test_stop_keeps_the_partial_reply(env):
-    env.server.push(Reply(text="one two three four five six", chunk_delay=0.3))
+    gate = asyncio.Event()
+    env.server.push(Reply(text="one two three four five six", hold=gate))
     sid = await env.create()
     await env.send(sid, "count")
     await wait_for(lambda: env.recorder.of_type("agent:reply_chunk"), timeout=10)
     assert await answer(await env.client.post(f"/chat/session/{sid}/stop")) == (
         200, {"ok": True, "stopped": True})
+    gate.set()
     state = await env.settled(sid, "IDLE")
     user, partial = state["messages"]
     assert partial["role"] == "assistant" and partial["interrupted"] is True
@@ -133,12 +135,14 @@ async def test_stop_keeps_the_partial_reply(env):
 
 
 async def test_close_during_a_turn_and_a_new_message_reopens(env):
-    env.server.push(Reply(text="slow reply here", chunk_delay=0.3))
+    gate = asyncio.Event()
+    env.server.push(Reply(text="slow reply here", hold=gate))
     sid = await env.create()
     await env.send(sid, "hi")
     await wait_for(lambda: env.recorder.of_type("agent:reply_chunk"), timeout=10)
     status, out = await answer(await env.client.post(f"/chat/session/{sid}/close", json={}))
     assert (status, out["state"]) == (200, "CLOSED")
+    gate.set()
     assert await answer(await env.client.post(f"/chat/session/{sid}/close", json={})) == (
         409, {"error": f"session {sid} is already closed"})
     await env.send(sid, "again")
@@ -180,7 +184,8 @@ async def test_a_stream_dropped_mid_reply_is_a_failure_not_a_stuck_session(env):
 
 @pytest.mark.parametrize("env", [1], indirect=True)
 async def test_a_full_queue_is_refused(env):
-    env.server.push(Reply(text="slow one", chunk_delay=0.5))
+    gate = asyncio.Event()
+    env.server.push(Reply(text="slow one", hold=gate))
     a, b, c = [await env.create() for _ in range(3)]
     await env.send(a, "first")
     await wait_for(lambda: env.recorder.of_type("agent:reply_stream_start"), timeout=10)
@@ -188,6 +193,7 @@ async def test_a_full_queue_is_refused(env):
     out = await env.send(c, "third", status=409)
     assert out == {"error": "agent aman queue is full (1 turns waiting)"}
     assert (await env.state(c))["messages"] == []
+    gate.set()
     await env.settled(b, "IDLE", lambda s: s["message_count"] == 2)
 
 
@@ -342,8 +348,8 @@ async def test_queued_turns_are_queued_again_after_a_restart(make_kernel, serve_
     client2 = await serve_kernel(make_kernel(runtime_dir=runtime))
     for sid, text in ((sent, "hello"), (retried, "first")):
         done = await wait_for_async(lambda sid=sid: state(client2, sid), lambda s: s["message_count"] == 2)
-        assert [(m["role"], m["content"]) for m in done["messages"]][0] == ("user", text)
-        assert done["messages"][1]["role"] == "assistant" and done["state"] == "IDLE"
+        user, reply = done["messages"]
+        assert (user["role"], user["content"], reply["role"], done["state"]) == ("user", text, "assistant", "IDLE")
 
 
 async def wait_for_async(get, check, timeout: float = 10.0):
@@ -442,7 +448,8 @@ async def test_messages_from_other_producers(env):
 async def test_a_session_has_one_turn_at_a_time(env):
     """A retry or an edit while the session's turn waits in the queue, and a send while a retry
     waits (``RETRYING``), would answer one message twice and another never: 409."""
-    env.server.push(Reply(status=400), Reply(text="slow one", chunk_delay=0.3))
+    gate = asyncio.Event()
+    env.server.push(Reply(status=400), Reply(text="slow one", hold=gate))
     failed, busy, waiting = [await env.create() for _ in range(3)]
     await env.send(failed, "fail")
     await env.settled(failed, "ERROR")
@@ -459,6 +466,7 @@ async def test_a_session_has_one_turn_at_a_time(env):
     assert (await env.state(failed))["state"] == "RETRYING"
     assert await env.send(failed, "meanwhile", status=409) == {
         "error": f"session {failed} is processing"}
+    gate.set()
 
     for sid, text in [(waiting, "q1"), (failed, "fail")]:
         state = await env.settled(sid, "IDLE", lambda s: s["message_count"] == 2)
