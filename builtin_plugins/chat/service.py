@@ -218,6 +218,7 @@ class ChatService:
             session_id=session_id,
             parent=parent.id if parent else None,
             copies=copies or (),
+            due_at=now_ms() + int(self.ctx.settings.get("chat.timeouts.active_sec")) * 1000,
         )
         await self.ctx.bus.publish(
             "session:started",

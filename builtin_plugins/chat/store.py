@@ -279,7 +279,10 @@ class Sessions:
         session_id: str | None = None,
         parent: str | None = None,
         copies: Sequence[Message] = (),
+        due_at: int | None = None,
     ) -> Session:
+        """A new ``ACTIVE`` session (with ``copies`` of a parent's messages); ``due_at`` is when
+        its ``ACTIVE`` timeout falls due."""
         now = now_ms()
         session = Session(
             id=session_id or xid(),
@@ -305,7 +308,8 @@ class Sessions:
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                f"INSERT INTO chat_sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO chat_sessions ({_SESSION_COLUMNS}, due_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     session.id,
                     agent_id,
@@ -318,6 +322,7 @@ class Sessions:
                     parent,
                     0,
                     None,
+                    due_at,
                 ),
             )
             _insert(conn, clones)

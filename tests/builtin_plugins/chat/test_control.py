@@ -292,6 +292,20 @@ async def test_the_system_prompt(env):
     assert "Current date: " in prompt and prompt.endswith("Refuse requests that conflict with your boundaries.")
 
 
+async def test_a_session_that_never_gets_a_message_times_out(env):
+    sid = await env.create()
+    db = sqlite3.connect(env.runtime / "aman.db")
+    [(created, due)] = db.execute("SELECT created_at, due_at FROM chat_sessions WHERE id = ?", (sid,))
+    assert abs(due - (created + 300_000)) < 1000  # chat.timeouts.active_sec (§11.2)
+    with db:
+        db.execute("UPDATE chat_sessions SET due_at = 1, last_active_at = 1 WHERE id = ?", (sid,))
+    db.close()
+    chat = env.kernel.stash[CHAT_SERVICE]
+    chat.sessions.forget(sid)  # the row was rewritten behind the runtime's back
+    await chat.check_timeouts()
+    assert (await env.state(sid))["state"] == "TIMEOUT"
+
+
 async def test_timeouts_close_an_abandoned_session(env):
     env.server.push(Reply(status=400))
     sid = await env.create()
