@@ -158,6 +158,7 @@ class Agent:
     system_state: str = "ready"
     activity: dict[str, Any] | None = None  # the running turn's
     outside: dict[str, Any] | None = None  # work outside the turn queue (Chat.activity)
+    held: bool = False  # an operator set a status other than Idle: it stays until changed
     registered_at: int = field(factory=now_ms)
     queue: deque[Turn] = field(factory=deque)
     current: Turn | None = None
@@ -255,14 +256,15 @@ class Agents:
     def refresh(self) -> None:
         """Follow the configuration and the running plugins (formats §1.4: agent keys are live):
         a new agent is added, a changed one rebuilt unless it runs a turn, and an ``Idle`` or
-        ``Error`` agent's status follows whether its provider can be used now."""
+        ``Error`` agent's status follows whether its provider can be used now, unless an
+        operator set it (http-api §14: it lasts until changed, reloaded or restarted)."""
         for agent_id in agent_ids(self._ctx.settings):
             agent = self.by_id.get(agent_id)
             if agent is None or (
                 agent.status != "Busy" and Descriptor.read(self._ctx, agent_id) != agent.descriptor
             ):
                 self.load(agent_id)
-            elif agent.status in ("Idle", "Error"):
+            elif agent.status in ("Idle", "Error") and not agent.held:
                 self.settle(agent)
 
     def load(self, agent_id: str) -> Agent:
@@ -275,7 +277,7 @@ class Agents:
             agent.worker = asyncio.get_running_loop().create_task(
                 self._work(agent), name=f"agent:{agent_id}"
             )
-        agent.descriptor, agent.status = descriptor, "Preparing"
+        agent.descriptor, agent.status, agent.held = descriptor, "Preparing", False
         self.settle(agent)
         return agent
 
@@ -302,7 +304,7 @@ class Agents:
             self.settle(agent)
             if agent.status == "Error":
                 raise Conflict(f"agent {agent.agent_id} cannot start: {agent.error}")
-        agent.status = status
+        agent.status, agent.held = status, status != "Idle"
         agent.wake.set()
         return old
 

@@ -385,6 +385,17 @@ async def agent_status(env, agent_id: str, want: str) -> dict:
     pytest.fail(f"agent {agent_id} is {got.get('status')}, not {want}")
 
 
+async def test_an_operator_set_status_outlives_unrelated_changes(env):
+    assert (await env.client.post("/agent/bob/status", json={"status": "Error"})).status_code == 200
+    resp = await env.client.post("/config/set", json={"changes": {"agents.zed.display_name": "Zed"}},
+                                 headers={"x-aman-confirm": "yes"})
+    assert resp.status_code == 200
+    await agent_status(env, "zed", "Idle")  # the agents were refreshed from the new config
+    assert (await (await env.client.get("/agent/bob")).get_json())["status"] == "Error"
+    assert (await env.client.post("/agent/bob/reload")).status_code == 200  # until reloaded
+    assert (await (await env.client.get("/agent/bob")).get_json())["status"] == "Idle"
+
+
 async def test_agents_follow_their_provider_plugin_and_live_config(env):
     confirm = {"x-aman-confirm": "yes"}
     assert (await env.client.post("/plugin/llm-openai/disable", headers=confirm)).status_code == 200
