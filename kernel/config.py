@@ -211,11 +211,7 @@ def _dig(tree: Mapping[str, Any], key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _put(
-    tree: dict[str, Any], key: str, value: Any, keep: Callable[[str], bool] = lambda t: False
-) -> None:
-    """Set ``key`` to ``value`` in ``tree``; ``None`` removes it and the tables it leaves empty,
-    up to one that ``keep`` says stands for something even when empty (``[agents.kim]``)."""
+def _put(tree: dict[str, Any], key: str, value: Any) -> None:
     *parents, last = key.split(".")
     node = tree
     for depth, part in enumerate(parents, 1):
@@ -224,17 +220,14 @@ def _put(
             raise ValueError(f"{'.'.join(parents[:depth])} is not a table")
     if value is None:
         node.pop(last, None)
-        _prune_empty(tree, parents, keep)
+        _prune_empty(tree, parents)
     else:
         node[last] = value
 
 
-def _prune_empty(tree: dict[str, Any], parents: list[str], keep: Callable[[str], bool]) -> None:
+def _prune_empty(tree: dict[str, Any], parents: list[str]) -> None:
     for depth in range(len(parents), 0, -1):
-        table = ".".join(parents[:depth])
-        if keep(table):
-            return
-        found, node = _dig(tree, table)
+        found, node = _dig(tree, ".".join(parents[:depth]))
         if found and node == {}:
             parent = _dig(tree, ".".join(parents[: depth - 1]))[1] if depth > 1 else tree
             del parent[parents[depth - 1]]
@@ -607,8 +600,8 @@ class Config:
             if found and value is not None and (reason := check_value(found[0], value)):
                 raise Invalid(f"invalid value for {name}: {reason}")
             try:
-                _put(candidate, name, value, self._names_an_entry)
-                _put(on_disk, name, copy.deepcopy(value), self._names_an_entry)
+                _put(candidate, name, value)
+                _put(on_disk, name, copy.deepcopy(value))
             except ValueError as exc:
                 raise Invalid(f"invalid value for {name}: {exc}") from None
         broken = self._broken_rules(
@@ -670,18 +663,6 @@ class Config:
             raise Invalid(f"invalid configuration: {broken[0]}")
         self._file = candidate
         self._cache.clear()
-
-    def _names_an_entry(self, table: str) -> bool:
-        """Whether ``table`` is one entry of a named set (``agents.kim``, ``sources.webhook.gh``):
-        it stands for something even when empty, so removing its last key keeps it."""
-        parts = table.split(".")
-        n = len(parts)
-        return any(
-            len(p) > n
-            and p[n - 1] == "*"
-            and all(a in ("*", b) for a, b in zip(p[: n - 1], parts[:-1], strict=True))
-            for p in (pattern.split(".") for pattern in self._keys)
-        )
 
     def _effect(self, name: str) -> str:
         if name in self._cli or name in self._env:

@@ -1051,16 +1051,3 @@ def test_a_wrong_value_of_an_installed_plugins_key_stops_the_start(tmp_path: Pat
     config.declare("cfgp", [ConfigKey(name="cfgp.level", type=int, default=1, maximum=9)])
     with pytest.raises(ConfigError, match=r"^config error: invalid value for 'cfgp\.level': must be at most 9$"):
         config.claim()
-
-
-async def test_removing_the_last_key_of_a_named_entry_keeps_the_entry(tmp_path: Path) -> None:
-    (tmp_path / "aman.toml").write_text("[event_bus]\nmax_queue_size = 500\n")
-    config = make(tmp_path)
-    config.declare("x", [ConfigKey(name="agents.*.display_name", type=str, default="")])
-    await config.set({"agents.kim.display_name": "Kim"}, operator="op")
-
-    await config.set({"agents.kim.display_name": None, "event_bus.max_queue_size": None}, operator="op")
-
-    on_disk = read_toml(tmp_path / "aman.toml")
-    assert on_disk["agents"] == {"kim": {}}  # an empty [agents.kim] is still an agent
-    assert "event_bus" not in on_disk  # an empty [event_bus] stands for nothing
