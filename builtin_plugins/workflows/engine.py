@@ -631,13 +631,17 @@ class Engine:
 
     async def _alert(self, inst: Instance, definition: Definition) -> None:
         """``on_timeout_alert``: a warning notification (http-api §8), when notifications run."""
-        title = f"workflow {definition.name}: instance {inst.id} timed out in state {inst.current_state}"
-        log.warning("%s", title)
+        message = f"{definition.name} {inst.id} {inst.current_state}"  # the table of §13
+        log.warning("workflow state timed out: %s", message)
         notifier = self._ctx.stash.get(NOTIFIER)
         if notifier is not None:
             try:
                 await notifier.notify(
-                    severity="warning", category="workflow", title=title, source="workflows"
+                    severity="warning",
+                    category="workflow",
+                    title="Workflow state timed out",
+                    body=message,
+                    source="workflows",
                 )
             except Exception:
                 log.exception("workflow timeout alert failed")

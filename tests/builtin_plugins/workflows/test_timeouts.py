@@ -71,11 +71,11 @@ async def test_clocks_pause_and_resume_with_the_remaining_time(start_flows, capl
     got = await flows.instance(iid)
     assert got["current_state"] == "C" and got["timeout_clock"]["remaining_ms"] == {}
     await wait_for(lambda: ("A", "C", "TIMEOUT", "Timeout") in flows.recorder.changes(iid))
-    assert "timed out in state A" in caplog.text
-    # on_timeout_alert raised a warning notification (through sdk.NOTIFIER)
+    assert f"workflow state timed out: timed {iid} A" in caplog.text
+    # on_timeout_alert raised a warning notification (through sdk.NOTIFIER), as in http-api §13
     items = await (await flows.client.get("/notifications")).get_json()
-    alerts = [n for n in items if n["category"] == "workflow" and "timed out in state A" in n["title"]]
-    assert [n["severity"] for n in alerts] == ["warning"]
+    alerts = [n for n in items if n["category"] == "workflow" and n["title"] == "Workflow state timed out"]
+    assert [(n["severity"], n["message"]) for n in alerts] == [("warning", f"timed {iid} A")]
 
 
 async def test_timeout_into_last_active_and_error_bookkeeping(start_flows):
