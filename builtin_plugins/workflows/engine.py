@@ -304,8 +304,8 @@ class Engine:
                 if definition.key in defs:
                     raise DefinitionError(f"duplicate workflow name: {definition.name}")
             except DefinitionError as exc:
-                # formats §3.5 also raises a warning notification (category workflow); the
-                # notifications plugin does not exist yet.
+                # formats §3.5 also raises a warning notification (category workflow); not
+                # yet: the files are read before the notifications plugin starts (decisions.md)
                 log.error("workflow definition from %s rejected: %s", where, exc)
                 rejected.append((where, str(exc)))
                 return
