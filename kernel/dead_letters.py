@@ -111,8 +111,8 @@ class DeadLetters:
         self._store = store
         self._get = settings
         self.depth = 0
-        self._updated_before: dict[str, int] = {}  # retrying entries: updated_at_ms to restore
-        self._retried: dict[str, frozenset[str]] = {}  # retrying entries: the subscribers retried
+        # retrying entries: the updated_at_ms to restore and the subscribers the retry is for
+        self._retrying: dict[str, tuple[int, frozenset[str]]] = {}
 
     async def open(self) -> None:
         """Phase 1: entries whose manual retry was cut short by a stop go back to ``dead``."""
@@ -257,9 +257,9 @@ class DeadLetters:
             ).fetchone()
             return after, row["updated_at_ms"]
 
-        row, self._updated_before[entry_id] = await self._store.write(begin)
+        row, updated_before = await self._store.write(begin)
         entry = _entry(row)
-        self._retried[entry_id] = frozenset(entry.failed_subscribers)
+        self._retrying[entry_id] = (updated_before, frozenset(entry.failed_subscribers))
         self.depth -= 1
         return entry
 
@@ -267,7 +267,7 @@ class DeadLetters:
         """After a redelivery: delete the entry, or put it back with what still fails: the
         retry's failures, and the subscribers whose own failures of the event were added to the
         entry while it was being retried (their deliveries of the first publish ran on)."""
-        retried = self._retried.pop(entry_id, frozenset())
+        _, retried = self._retrying.pop(entry_id, (0, frozenset()))
 
         def end(conn: sqlite3.Connection) -> bool:
             row = conn.execute(
@@ -287,14 +287,12 @@ class DeadLetters:
             )
             return True
 
-        self._updated_before.pop(entry_id, None)
         if await self._store.write(end):
             self.depth += 1
 
     async def cancel_retry(self, entry_id: str) -> None:
         """The redelivery was refused (backpressure): undo ``start_retry`` completely."""
-        updated = self._updated_before.pop(entry_id, None)
-        self._retried.pop(entry_id, None)
+        updated = self._retrying.pop(entry_id, (None, frozenset()))[0]
 
         def undo(conn: sqlite3.Connection) -> None:
             row = conn.execute(

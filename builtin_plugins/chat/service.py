@@ -123,10 +123,11 @@ class ChatService:
         session.state = to
         return step
 
-    def due_at(self, session: Session) -> int | None:
-        if session.state not in TIMEOUTS or session.state == "PROCESSING":
+    def due_at(self, state: str) -> int | None:
+        """When a session entering ``state`` now times out (http-api §11.2)."""
+        if state not in TIMEOUTS or state == "PROCESSING":
             return None  # PROCESSING counts inactivity of the running turn instead
-        key, _ = TIMEOUTS[session.state]
+        key, _ = TIMEOUTS[state]
         return now_ms() + int(self.ctx.settings.get(f"chat.timeouts.{key}")) * 1000
 
     async def save(
@@ -145,7 +146,7 @@ class ChatService:
         and the ``bind`` messages record its id; answer that id."""
         session.last_active_at = now_ms()
         write = self.sessions.update_op(
-            session, due_at=self.due_at(session), add=add, remove_after=remove_after
+            session, due_at=self.due_at(session.state), add=add, remove_after=remove_after
         )
         if carrier is None:
             stored: Any = self.ctx.store.write(write)
@@ -218,7 +219,7 @@ class ChatService:
             session_id=session_id,
             parent=parent.id if parent else None,
             copies=copies or (),
-            due_at=now_ms() + int(self.ctx.settings.get("chat.timeouts.active_sec")) * 1000,
+            due_at=self.due_at("ACTIVE"),
         )
         await self.ctx.bus.publish(
             "session:started",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sdk import hookimpl
-from sdk.testing import serve
+from sdk.testing import serve, wait_for
 
 GZ = {"content-type": "application/gzip"}
 CONFIRM = {"x-aman-confirm": "yes"}
@@ -805,18 +805,12 @@ async def test_a_plugin_serves_its_routes_only_once_started(start, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     installing = asyncio.ensure_future(install(client, archive(plugin_files(init=slow_start_init(marks)))))
-    await wait_for_async(lambda: (marks / "starting").exists())
+    await wait_for(lambda: (marks / "starting").exists(), timeout=10)
     assert (await client.get("/api/v1/hello/ping")).status_code == 404  # its on_startup still runs
     (marks / "go").touch()
     assert (await installing).status_code == 200
     assert (await client.get("/api/v1/hello/ping")).status_code == 200
 
-
-async def wait_for_async(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.005)
 
 
 def fails_to_start_when(flag: Path) -> str:

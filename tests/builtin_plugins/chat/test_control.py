@@ -52,6 +52,16 @@ class Env:
     async def state(self, sid: str) -> dict:
         return await (await self.client.get(f"/chat/session/{sid}/state")).get_json()
 
+    async def fall_due(self, sid: str) -> None:
+        """Make the session's timeout due now (its row rewritten) and run the timeout check."""
+        db = sqlite3.connect(self.runtime / "aman.db")
+        with db:
+            db.execute("UPDATE chat_sessions SET due_at = 1, last_active_at = 1 WHERE id = ?", (sid,))
+        db.close()
+        chat = self.kernel.stash[CHAT_SERVICE]
+        chat.sessions.forget(sid)  # the row was rewritten behind the runtime's back
+        await chat.check_timeouts()
+
     async def settled(self, sid: str, state: str, check=lambda s: True) -> dict:
         got: dict = {}
         for _ in range(2000):
@@ -296,13 +306,9 @@ async def test_a_session_that_never_gets_a_message_times_out(env):
     sid = await env.create()
     db = sqlite3.connect(env.runtime / "aman.db")
     [(created, due)] = db.execute("SELECT created_at, due_at FROM chat_sessions WHERE id = ?", (sid,))
-    assert abs(due - (created + 300_000)) < 1000  # chat.timeouts.active_sec (§11.2)
-    with db:
-        db.execute("UPDATE chat_sessions SET due_at = 1, last_active_at = 1 WHERE id = ?", (sid,))
     db.close()
-    chat = env.kernel.stash[CHAT_SERVICE]
-    chat.sessions.forget(sid)  # the row was rewritten behind the runtime's back
-    await chat.check_timeouts()
+    assert abs(due - (created + 300_000)) < 1000  # chat.timeouts.active_sec (§11.2)
+    await env.fall_due(sid)
     assert (await env.state(sid))["state"] == "TIMEOUT"
 
 
@@ -311,13 +317,7 @@ async def test_timeouts_close_an_abandoned_session(env):
     sid = await env.create()
     await env.send(sid, "hi")
     await env.settled(sid, "ERROR")
-    db = sqlite3.connect(env.runtime / "aman.db")
-    with db:
-        db.execute("UPDATE chat_sessions SET due_at = 1, last_active_at = 1 WHERE id = ?", (sid,))
-    db.close()
-    chat = env.kernel.stash[CHAT_SERVICE]
-    chat.sessions.forget(sid)  # the row was rewritten behind the runtime's back
-    await chat.check_timeouts()
+    await env.fall_due(sid)
     assert (await env.state(sid))["state"] == "CLOSED"
     await wait_for(lambda: moves(env.recorder, sid)[-1] == ("ERROR", "CLOSED"))
     [last] = [e for e in env.recorder.of_type("workflow_state_changed")
